@@ -1,0 +1,53 @@
+r"""Default experiment: PneumoniaMNIST 28 px, small CNN, 10 % random forget set; original, retrain, finetune.
+
+Command (offline, with the data folder given):
+  MEDUNLEARN_DATA_DIR=../shared/data make run
+  # same as: .venv/bin/python -m experiments.run --config=experiments/configs/default.py --workdir=runs/default
+Expected runtime: a few minutes on a 2-core CPU; well under a minute on one GPU.
+Expected result: original test accuracy >= 0.83 (published MedMNIST ResNet-18: 0.854); retrain close to it;
+finetune's forget accuracy moves toward retrain's at a fraction of retrain's cost.
+Overrides: --config.dataset.name=retinamnist --config.forget.fraction=0.2 --config.algorithms=finetune ...
+"""
+import ml_collections
+
+from medunlearn_jax import algorithms
+from medunlearn_jax.algorithms import erm
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'pneumoniamnist'
+  config.dataset.image_size = 28
+  config.dataset.task = ''             # Task of the datasets with several (e.g. nih_chestxray14: binary).
+  config.dataset.raw_data_dir = ''     # Root of raw dataset folders; '' = $MEDUNLEARN_DATA_DIR.
+  config.dataset.tfds_data_dir = ''    # Built TFDS datasets; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  config.dataset.download = True       # Download official files when absent from the raw folder.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'small_cnn'      # small_cnn | resnet18
+  config.model.dtype = 'float32'       # Compute dtype; parameters stay float32.
+
+  config.batch_size = 128              # Global batch size, split over all devices.
+  config.eval_batch_size = 512
+
+  # The recipe of the original model, reused unchanged for the retrained (gold-standard) model.
+  config.train = erm.default_config()
+  config.train.lr = 0.05
+  config.train.epochs = 15.0
+  del config.train['stream']
+
+  config.forget = ml_collections.ConfigDict()
+  config.forget.selector = 'random_fraction'
+  config.forget.fraction = 0.1
+
+  # Comma-separated unlearning algorithms; original and retrain always run as references.
+  config.algorithms = 'finetune'
+  config.algo = algorithms.default_configs()
+
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+  config.distributed = False           # Call jax.distributed.initialize() (multi-host runs).
+  return config

@@ -1,0 +1,63 @@
+"""Registry of training and unlearning algorithms, selected by name in configs.
+
+Each algorithm lives in its own module and registers itself with `register`: a name, a function returning
+its default hyper-parameters (an `ml_collections.ConfigDict`, with a `search_space` entry documenting the
+tuning grid), and a builder `build(problem, hparams, sizes, batch_size) -> Algorithm`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import Callable, Mapping
+
+import ml_collections
+
+from medunlearn_jax import errors
+from medunlearn_jax.algorithms.base import Algorithm, Phase, Problem  # pylint: disable=unused-import
+
+Builder = Callable[[Problem, ml_collections.ConfigDict, Mapping[str, int], int], Algorithm]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  name: str
+  default_config: Callable[[], ml_collections.ConfigDict]
+  build: Builder
+  doc: str = ''
+
+
+_REGISTRY: dict[str, Entry] = {}
+# Modules that register algorithms; importing this package registers all of them.
+_MODULES = ('erm', 'finetune')
+
+
+def register(name: str, default_config: Callable[[], ml_collections.ConfigDict], build: Builder,
+             doc: str = '') -> None:
+  if name in _REGISTRY:
+    raise ValueError(f'algorithm {name!r} registered twice')
+  _REGISTRY[name] = Entry(name, default_config, build, doc)
+
+
+def get(name: str) -> Entry:
+  if name not in _REGISTRY:
+    raise errors.ConfigError(f'unknown algorithm {name!r}; choose from {names()}')
+  return _REGISTRY[name]
+
+
+def names(include_internal: bool = False) -> list[str]:
+  return sorted(n for n in _REGISTRY if include_internal or n != 'erm')
+
+
+def default_configs() -> ml_collections.ConfigDict:
+  """Hyper-parameters of every unlearning algorithm, keyed by name (for `config.algo`)."""
+  return ml_collections.ConfigDict({n: _REGISTRY[n].default_config() for n in names()})
+
+
+def steps_per_epoch(size: int, batch_size: int) -> int:
+  """Steps of one epoch: the last, partial batch is padded with a mask, never dropped."""
+  return max(1, math.ceil(size / batch_size))
+
+
+for _module in _MODULES:
+  importlib.import_module(f'medunlearn_jax.algorithms.{_module}')

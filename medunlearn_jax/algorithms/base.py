@@ -1,0 +1,161 @@
+"""What an unlearning (or training) algorithm is: a loss, an Optax transformation and a data plan.
+
+The step engine (`medunlearn_jax.engine`) runs every algorithm through the same jitted, data-parallel step;
+an algorithm knows nothing about devices, checkpoints or files. An algorithm is built from
+
+* a `Problem`: the model's apply function, number of classes and task type;
+* its hyper-parameters (an `ml_collections.ConfigDict`, documented defaults in each algorithm's module);
+
+and is a plain value:
+
+* `phases`: the data plan, a sequence of `Phase`s, each a loss over named batches (`'retain'`, `'forget'`,
+  `'train'`...) run for a number of epochs of its first ("driver") stream;
+* `tx`: an `optax.GradientTransformationExtraArgs`; the engine calls `tx.update(grads, opt_state, params,
+  context=context)` so a transformation may read the context (e.g. a saliency mask);
+* `prepare`: optional host-side set-up run once before training (e.g. compute a saliency mask or Fisher
+  importances, re-initialise blocks); it returns the starting parameters and the context.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]  # 'image' uint8 (B,H,W,C), 'label', 'mask' float32 (B,), 'id'
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """The model and task an algorithm works on.
+
+  Attributes:
+    apply_fn: `apply_fn(params, images_float, train) -> logits`.
+    init_fn: `init_fn(rng) -> params`, a fresh initialisation (for retraining, random teachers, EU-k).
+    num_classes: number of output units.
+    multilabel: sigmoid/BCE task instead of softmax/CE.
+  """
+  apply_fn: Callable[[PyTree, jax.Array, bool], jax.Array]
+  init_fn: Callable[[jax.Array], PyTree]
+  num_classes: int
+  multilabel: bool = False
+
+
+class LossFn(Protocol):
+  """`loss(params, batches, context, rng) -> (scalar loss, metrics dict of scalars)`."""
+
+  def __call__(self, params: PyTree, batches: Mapping[str, Batch], context: PyTree,
+               rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One segment of an algorithm's data plan.
+
+  Attributes:
+    loss: the loss minimised in this phase (ascent is expressed as a negative term).
+    streams: names of the sets iterated, each yielding one batch per step; the first drives the epoch.
+    epochs: passes over the driver stream (fractional allowed); `steps` overrides it when set.
+    steps: an exact number of steps (e.g. SCRUB's max-steps), or None.
+    name: shown in logs and checkpoints.
+  """
+  loss: LossFn
+  streams: tuple[str, ...]
+  epochs: float = 1.0
+  steps: int | None = None
+  name: str = 'main'
+
+
+def no_prepare(params: PyTree, data: Any, rng: jax.Array) -> tuple[PyTree, PyTree]:
+  """Default set-up: start from the given parameters with an empty context."""
+  del data, rng
+  return params, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """A registered algorithm, ready to run: see the module docstring."""
+  name: str
+  phases: tuple[Phase, ...]
+  tx: optax.GradientTransformationExtraArgs
+  prepare: Callable[[PyTree, Any, jax.Array], tuple[PyTree, PyTree]] = no_prepare
+  from_scratch: bool = False  # True for `retrain`/`original`: ignore the original model's parameters.
+  hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss building blocks shared by algorithms.
+
+def normalize_images(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]; done on device so only uint8 crosses the host boundary."""
+  return images.astype(jnp.float32) * (2.0 / 255.0) - 1.0
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over the real (mask = 1) rows of a padded batch; 0 for an all-padding batch."""
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
+  """Cross-entropy per example (softmax for single-label, mean sigmoid BCE for multi-label)."""
+  if multilabel:
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)), axis=-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+def correct(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
+  """Per-example correctness (multi-label: all labels right)."""
+  if multilabel:
+    return jnp.all((logits > 0) == (labels > 0), axis=-1).astype(jnp.float32)
+  return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def forward(problem: Problem, params: PyTree, batch: Batch, train: bool = True) -> jax.Array:
+  return problem.apply_fn(params, normalize_images(batch['image']), train)
+
+
+def cross_entropy(problem: Problem, params: PyTree, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """(masked mean cross-entropy, masked accuracy) of one batch."""
+  logits = forward(problem, params, batch)
+  loss = masked_mean(per_example_loss(logits, batch['label'], problem.multilabel), batch['mask'])
+  acc = masked_mean(correct(logits, batch['label'], problem.multilabel), batch['mask'])
+  return loss, acc
+
+
+def make_optimizer(name: str, learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
+                   weight_decay: float = 0.0, grad_clip: float | None = None,
+                   nesterov: bool = False) -> optax.GradientTransformation:
+  """SGD(+momentum) or Adam(W) with decoupled weight decay and optional global-norm clipping."""
+  parts = []
+  if grad_clip:
+    parts.append(optax.clip_by_global_norm(grad_clip))
+  if name == 'sgd':
+    if weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+  elif name == 'adam':
+    parts.append(optax.adamw(learning_rate, weight_decay=weight_decay))
+  else:
+    from medunlearn_jax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.ConfigError(f'unknown optimizer {name!r}; choose sgd or adam')
+  return optax.chain(*parts)
+
+
+def schedule(base_lr: float, total_steps: int, kind: str = 'cosine',
+             warmup_steps: int = 0) -> optax.Schedule:
+  """Learning-rate schedule: constant or cosine decay, with optional linear warm-up."""
+  total_steps = max(int(total_steps), 1)
+  if kind == 'constant':
+    main = optax.constant_schedule(base_lr)
+  elif kind == 'cosine':
+    main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1))
+  else:
+    from medunlearn_jax import errors  # pylint: disable=g-import-not-at-top
+    raise errors.ConfigError(f'unknown schedule {kind!r}; choose constant or cosine')
+  if warmup_steps:
+    return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup_steps), main], [warmup_steps])
+  return main

@@ -1,0 +1,71 @@
+"""The only module that talks to Orbax: one `CheckpointManager` per stage (original, retrain, each algorithm).
+
+A checkpoint holds the train state (step, params, optimizer state, context) and a JSON metadata record
+(steps done, accumulated cost, hyper-parameters, whether the stage finished). Runs resume from the latest
+checkpoint by default. Orbax writes on process 0 only in multi-host runs and commits each step atomically
+(a temporary directory renamed when complete), so a killed run never leaves a half-written checkpoint that
+looks valid.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class StageCheckpoints:
+  """Save/restore of one stage's train state plus metadata.
+
+  Args:
+    directory: the stage's checkpoint folder (e.g. `<workdir>/checkpoints/finetune`).
+    max_to_keep: how many recent steps to keep.
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False),
+        item_names=('state', 'meta'))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree, meta: Mapping[str, Any]) -> None:
+    """Saves `state` and `meta` at `step` (an existing step is never overwritten)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(dict(meta))))
+    self._manager.wait_until_finished()
+
+  def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
+    """Metadata of `step` (default: latest) without loading the arrays; None if there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored['meta'])
+
+  def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
+    """Restores the state into the shardings given by `abstract_state` (ShapeDtypeStructs with sharding)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored['state'], dict(restored['meta'])
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+  """ShapeDtypeStructs (with the arrays' shardings) describing `tree`, for `restore`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

@@ -1,0 +1,67 @@
+"""Datasets: TFDS builders (no TensorFlow), in-memory splits with ids and metadata, forget sets.
+
+`load(dataset_config)` prepares (builds once, then reuses) the TFDS dataset named by the config and returns
+its `DatasetInfo` and a dict of `Split`s ('train', 'val', 'test').
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+import tensorflow_datasets as tfds
+
+from medunlearn_jax import errors
+from medunlearn_jax.data import dataset as ds_lib
+from medunlearn_jax.data import paths
+
+MEDMNIST_2D = ('pathmnist', 'chestmnist', 'dermamnist', 'octmnist', 'pneumoniamnist', 'retinamnist',
+               'breastmnist', 'bloodmnist', 'tissuemnist', 'organamnist', 'organcmnist', 'organsmnist')
+# Dataset families with patient metadata (their builders live in modules of the same name).
+MEDICAL = ('nih_chestxray14', 'chexpert', 'ham10000')
+
+
+def family(name: str) -> str:
+  if name in MEDMNIST_2D:
+    return 'medmnist'
+  if name in MEDICAL:
+    return name
+  raise errors.ConfigError(f'unknown dataset {name!r}; choose one of {sorted(MEDMNIST_2D + MEDICAL)}')
+
+
+def _module(name: str):
+  return importlib.import_module(f'medunlearn_jax.data.{family(name)}')
+
+
+def prepare(cfg: Mapping[str, Any]) -> tuple[tfds.core.DatasetBuilder, ds_lib.DatasetInfo]:
+  """Builds (or finds already built) the dataset of a config's `dataset` section."""
+  name, size = cfg['name'], int(cfg['image_size'])
+  module = _module(name)
+  common = dict(raw_dir=paths.raw_dir(family(name), cfg.get('raw_data_dir') or None),
+                data_dir=paths.tfds_data_dir(cfg.get('tfds_data_dir') or None))
+  if family(name) == 'medmnist':
+    builder = module.prepare(name, size, download=bool(cfg.get('download', True)), **common)
+    info = module.dataset_info(name, size)
+  else:
+    task = cfg.get('task') or 'binary'
+    builder = module.prepare(task, size, **common)
+    info = module.dataset_info(task, size)
+  return builder, info
+
+
+def read_splits(builder: tfds.core.DatasetBuilder,
+                names: tuple[str, ...] = ('train', 'val', 'test')) -> dict[str, ds_lib.Split]:
+  """Reads splits of a built dataset through `tfds.data_source` into host memory."""
+  sources = builder.as_data_source()
+  out = {}
+  for name in names:
+    if name not in sources:
+      raise errors.DataError(f'dataset {builder.name} has no split {name!r} (has {sorted(sources)})')
+    source = sources[name]
+    out[name] = ds_lib.records_to_split(name, source.__getitems__(list(range(len(source)))))
+  return out
+
+
+def load(cfg: Mapping[str, Any]) -> tuple[ds_lib.DatasetInfo, dict[str, ds_lib.Split]]:
+  """`prepare` + `read_splits`: the dataset info and its train/val/test splits in memory."""
+  builder, info = prepare(cfg)
+  return info, read_splits(builder)

@@ -1,0 +1,105 @@
+"""In-memory dataset splits: the one representation every stage (training, forget selection, evaluation) reads.
+
+A TFDS builder of this project (see `medmnist.py`, `nih_chestxray14.py`, ...) writes array_record files;
+`load_splits` reads them back through `tfds.data_source` (no TensorFlow) into a `Split` per split: images,
+labels, the stable per-example `id`, and whatever metadata the source carries (sex, age, patient id...).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from medunlearn_jax import errors
+
+# Feature names every builder of this project uses for the same meaning.
+ID, IMAGE, LABEL = 'id', 'image', 'label'
+SEX, AGE, PATIENT_ID = 'sex', 'age', 'patient_id'
+# Sex is stored as a short string; '' means unknown.
+SEX_VALUES = ('F', 'M')
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in host memory.
+
+  Attributes:
+    name: split name ('train', 'val', 'test', or a derived one such as 'retain', 'forget').
+    ids: int64 (N,), stable example ids, unique across all splits of a dataset.
+    images: uint8 (N, H, W, C).
+    labels: int64 (N,) for single-label tasks, (N, L) multi-hot for multi-label tasks.
+    meta: per-example metadata arrays of length N (e.g. 'sex' str, 'age' float32 with NaN unknown,
+      'patient_id' str), only the fields the source has.
+  """
+  name: str
+  ids: np.ndarray
+  images: np.ndarray
+  labels: np.ndarray
+  meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    n = len(self.ids)
+    for field, value in [('images', self.images), ('labels', self.labels), *self.meta.items()]:
+      if len(value) != n:
+        raise errors.DataError(f'split {self.name!r}: {field} has {len(value)} rows, ids has {n}')
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def take(self, index: np.ndarray, name: str | None = None) -> Split:
+    """The sub-split at positions `index` (integer positions or a boolean mask)."""
+    return Split(name or self.name, self.ids[index], self.images[index], self.labels[index],
+                 {k: v[index] for k, v in self.meta.items()})
+
+  def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Positions of `ids` in this split; raises UserError naming ids that are not in it."""
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(self.ids, kind='stable')
+    sorted_ids = self.ids[order]
+    pos = np.searchsorted(sorted_ids, ids)
+    pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+    found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
+    if not np.all(found):
+      missing = ids[~found]
+      raise errors.UserError(f'{len(missing)} id(s) not in split {self.name!r}, e.g. {missing[:5].tolist()}')
+    return order[pos]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and metrics need to know about a dataset."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  task: str  # 'binary', 'multi-class', 'ordinal' or 'multi-label'
+  class_names: tuple[str, ...] = ()
+
+
+def records_to_split(name: str, records: Sequence[Mapping[str, np.ndarray]]) -> Split:
+  """Stacks decoded TFDS records (dicts of features) into a `Split`, sorted by id for determinism."""
+  if not records:
+    raise errors.DataError(f'split {name!r} is empty')
+  ids = np.asarray([r[ID] for r in records], dtype=np.int64)
+  images = np.stack([np.asarray(r[IMAGE]) for r in records]).astype(np.uint8)
+  labels = np.asarray([np.asarray(r[LABEL]) for r in records], dtype=np.int64)
+  meta = {}
+  for key in records[0]:
+    if key in (ID, IMAGE, LABEL):
+      continue
+    values = [r[key] for r in records]
+    if isinstance(values[0], (bytes, str, np.bytes_, np.str_)):
+      meta[key] = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+    else:
+      meta[key] = np.asarray(values)
+  order = np.argsort(ids, kind='stable')
+  split = Split(name, ids, images, labels, meta)
+  return split.take(order)
+
+
+def concat(splits: Sequence[Split], name: str) -> Split:
+  """Concatenates splits that share the same metadata fields."""
+  keys = set(splits[0].meta)
+  return Split(name, np.concatenate([s.ids for s in splits]), np.concatenate([s.images for s in splits]),
+               np.concatenate([s.labels for s in splits]),
+               {k: np.concatenate([s.meta[k] for s in splits]) for k in keys})

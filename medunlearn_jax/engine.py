@@ -1,0 +1,385 @@
+"""The step engine: device mesh, the one jitted train/unlearn step, the loops, and batched prediction.
+
+Every algorithm (plain training, retraining, every unlearning method) runs through `run`:
+
+* a `('data',)` mesh over all devices of all processes; parameters and optimizer state are replicated,
+  batches are sharded along their leading axis (`NamedSharding`), so `jax.jit` inserts the gradient
+  all-reduce;
+* the step `(state, batch, rng) -> (state, metrics)` is a pure function, compiled ahead of time once per
+  phase with the state donated;
+* batches are a deterministic function of (seed, stream, step): resuming from a checkpoint replays exactly
+  the same data, so an interrupted run ends with the same parameters as an uninterrupted one;
+* each process gathers and transfers only its own slice of every global batch, and a background thread
+  prepares the next batches while the current step runs;
+* the last batch of an epoch is padded with a mask (losses are masked means), never dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import threading
+import time
+import zlib
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from absl import logging
+import flax.struct
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+
+from medunlearn_jax import checkpoints as ckpt_lib
+from medunlearn_jax import errors
+from medunlearn_jax.algorithms import base
+from medunlearn_jax.data import dataset as ds_lib
+
+PyTree = Any
+DATA_AXIS = 'data'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mesh and shardings.
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D `('data',)` mesh over `devices` (default: every device of every process)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  if batch_size % mesh.size:
+    raise errors.ConfigError(f'batch size {batch_size} is not divisible by the {mesh.size} devices')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State and step.
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a step reads and writes. `context` holds arrays a loss reads but never updates
+  (teacher parameters, masks...)."""
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  context: PyTree
+
+
+def create_state(tx: optax.GradientTransformation, params: PyTree, context: PyTree,
+                 mesh: jax.sharding.Mesh) -> TrainState:
+  """Builds the train state already replicated on the mesh (shapes first, via `jax.eval_shape`)."""
+
+  def init(params, context):
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                      opt_state=tx.init(params), context=context)
+
+  abstract = jax.eval_shape(init, params, context)
+  shardings = jax.tree.map(lambda _: replicated(mesh), abstract)
+  return jax.jit(init, out_shardings=shardings)(params, context)
+
+
+def make_step(phase: base.Phase, tx: optax.GradientTransformationExtraArgs
+              ) -> Callable[[TrainState, Mapping[str, base.Batch], jax.Array], tuple[TrainState, dict]]:
+  """The pure step of one phase: gradient of the phase's loss, Optax update, metrics."""
+  tx = optax.with_extra_args_support(tx)
+
+  def step(state: TrainState, batch: Mapping[str, base.Batch], rng: jax.Array):
+    (loss, metrics), grads = jax.value_and_grad(phase.loss, has_aux=True)(
+        state.params, batch, state.context, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, context=state.context)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Deterministic batches.
+
+def _stream_seed(seed: int, stream: str, epoch: int) -> np.random.SeedSequence:
+  return np.random.SeedSequence([seed, zlib.crc32(stream.encode()), epoch])
+
+
+def batch_positions(size: int, batch_size: int, step: int, *, seed: int, stream: str,
+                    driver: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Row positions and mask of the global batch of `stream` at `step`.
+
+  The driver stream walks seeded per-epoch permutations in ceil(size / batch_size) steps per epoch, padding
+  the last batch (mask 0). Other streams cycle through their own permutations without padding, so that a
+  small forget set is revisited while the retain set drives the epoch.
+  """
+  if size <= 0:
+    raise errors.UserError(f'stream {stream!r} is empty')
+  if driver:
+    spe = math.ceil(size / batch_size)
+    epoch, k = divmod(step, spe)
+    perm = np.random.default_rng(_stream_seed(seed, stream, epoch)).permutation(size)
+    pos = perm[k * batch_size:(k + 1) * batch_size]
+    mask = np.ones(batch_size, np.float32)
+    mask[len(pos):] = 0.0
+    return np.pad(pos, (0, batch_size - len(pos))), mask
+  start = step * batch_size
+  out, epochs = [], range(start // size, (start + batch_size - 1) // size + 1)
+  for epoch in epochs:
+    perm = np.random.default_rng(_stream_seed(seed, stream, epoch)).permutation(size)
+    lo = max(start - epoch * size, 0)
+    hi = min(start + batch_size - epoch * size, size)
+    out.append(perm[lo:hi])
+  return np.concatenate(out), np.ones(batch_size, np.float32)
+
+
+def host_batch(split: ds_lib.Split, positions: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+  """The rows of `split` at `positions` as the arrays a loss reads."""
+  return {'image': split.images[positions], 'label': split.labels[positions], 'mask': mask,
+          'id': split.ids[positions]}
+
+
+def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Places this process's slice of a global host batch on its devices, sharded along 'data'."""
+  sharding = batch_sharded(mesh)
+  n_proc, index = jax.process_count(), jax.process_index()
+  out = {}
+  for key, value in batch.items():
+    local = np.array_split(value, n_proc)[index] if n_proc > 1 else value
+    out[key] = jax.make_array_from_process_local_data(sharding, local, value.shape)
+  return out
+
+
+def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+  """Runs `iterator` in a background thread, `depth` items ahead (exceptions are re-raised here)."""
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  sentinel = object()
+  stop = threading.Event()
+
+  def worker():
+    try:
+      for item in iterator:
+        if stop.is_set():
+          return
+        q.put(item)
+      q.put(sentinel)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is sentinel:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running an algorithm.
+
+@dataclasses.dataclass
+class Cost:
+  """What a stage cost: loop wall-clock seconds without compilation, compile seconds, optimizer steps,
+  examples processed (real, unpadded rows over all streams), and XLA's FLOP estimate."""
+  seconds: float = 0.0
+  compile_seconds: float = 0.0
+  steps: int = 0
+  examples: int = 0
+  flops: float = 0.0
+
+  def to_json(self) -> dict[str, float]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  seed: int = 0
+  batch_size: int = 128
+  log_every_steps: int = 50
+  checkpoint_every_steps: int = 200
+  prefetch: int = 2
+
+
+def phase_steps(algorithm: base.Algorithm, sizes: Mapping[str, int], batch_size: int) -> list[int]:
+  """Number of steps of each phase of an algorithm's data plan."""
+  out = []
+  for phase in algorithm.phases:
+    if phase.steps is not None:
+      out.append(int(phase.steps))
+    else:
+      spe = math.ceil(sizes[phase.streams[0]] / batch_size)
+      out.append(max(1, int(round(phase.epochs * spe))))
+  return out
+
+
+def _flops(compiled) -> float:
+  try:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get('flops', 0.0))
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements cost analysis.
+    return 0.0
+
+
+def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
+        *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
+        meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None
+        ) -> tuple[PyTree, Cost]:
+  """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
+
+  Args:
+    algorithm: the loss/transformation/data plan to run.
+    data: the splits named by the phases' streams ('train', 'retain', 'forget', ...).
+    params, context: the starting parameters and the loss context (e.g. a teacher).
+    mesh: the device mesh.
+    options: seed, batch size, logging and checkpoint cadence.
+    checkpoints: where to save/resume; None runs without checkpoints.
+    meta: extra metadata stored with every checkpoint (e.g. hyper-parameters, data fingerprint).
+    on_step: called with the global step after each step (used by tests to simulate a crash).
+
+  Returns:
+    The final parameters (replicated on the mesh) and the accumulated `Cost`.
+
+  Raises:
+    NonFiniteLossError: a loss became NaN/inf; nothing is saved after the last finite step.
+  """
+  check_batch_size(options.batch_size, mesh)
+  for phase in algorithm.phases:
+    for stream in phase.streams:
+      if stream not in data or len(data[stream]) == 0:
+        raise errors.UserError(f'algorithm {algorithm.name!r} needs a non-empty {stream!r} set')
+  sizes = {k: len(v) for k, v in data.items()}
+  n_steps = phase_steps(algorithm, sizes, options.batch_size)
+  total = sum(n_steps)
+  state = create_state(algorithm.tx, params, context, mesh)
+  cost = Cost()
+  meta = dict(meta or {})
+  if checkpoints is not None and checkpoints.latest_step() is not None:
+    state, saved = checkpoints.restore(ckpt_lib.abstract_like(state))
+    cost = Cost(**saved['cost'])
+    logging.info('%s: resumed from step %d of %d', algorithm.name, int(state.step), total)
+  start = int(state.step)
+  base_rng = jax.random.key(options.seed)
+  rep = replicated(mesh)
+
+  def batches_from(step0: int) -> Iterator[tuple[int, dict, int]]:
+    boundaries = np.cumsum(n_steps)
+    for t in range(step0, total):
+      phase_index = int(np.searchsorted(boundaries, t, side='right'))
+      phase = algorithm.phases[phase_index]
+      local_t = t - (boundaries[phase_index - 1] if phase_index else 0)
+      host, examples = {}, 0
+      for i, stream in enumerate(phase.streams):
+        pos, mask = batch_positions(sizes[stream], options.batch_size, int(local_t), seed=options.seed,
+                                    stream=f'{phase.name}/{stream}', driver=(i == 0))
+        host[stream] = host_batch(data[stream], pos, mask)
+        examples += int(mask.sum())
+      yield t, phase_index, {k: to_device(v, mesh) for k, v in host.items()}, examples
+
+  compiled: dict[int, Any] = {}
+  last_metrics: dict[str, jax.Array] | None = None
+  last_step = start
+
+  def check_finite(metrics, step):
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      raise errors.NonFiniteLossError(
+          f'{algorithm.name}: loss is {loss} at step {step}; stopped without saving a checkpoint '
+          '(lower the learning rate or check the data)')
+    return loss
+
+  def save(step):
+    if checkpoints is not None:
+      checkpoints.save(step, state, dict(meta, cost=cost.to_json(), done=step >= total, total_steps=total))
+
+  t_log, step_log = time.perf_counter(), start
+  loop_start = time.perf_counter()
+  for t, phase_index, batch, examples in _prefetch(batches_from(start), options.prefetch):
+    if phase_index not in compiled:
+      t0 = time.perf_counter()
+      rng_spec = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rep)
+      step_fn = make_step(algorithm.phases[phase_index], algorithm.tx)
+      compiled[phase_index] = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec).compile()
+      dt = time.perf_counter() - t0
+      cost.compile_seconds += dt
+      loop_start += dt  # Compilation is reported separately, not as step time.
+      compiled_flops = _flops(compiled[phase_index])
+      meta.setdefault('flops_per_step', {})[algorithm.phases[phase_index].name] = compiled_flops
+    rng = jax.device_put(jax.random.fold_in(base_rng, t), rep)
+    state, metrics = compiled[phase_index](state, batch, rng)
+    if last_metrics is not None:  # Checked one step behind so the host never stalls the device queue.
+      check_finite(last_metrics, t - 1)
+    last_metrics, last_step = metrics, t + 1
+    cost.steps += 1
+    cost.examples += examples
+    cost.flops += meta['flops_per_step'][algorithm.phases[phase_index].name]
+    if on_step is not None:
+      on_step(t + 1)
+    done_step = t + 1
+    if done_step % options.log_every_steps == 0 or done_step == total:
+      loss = check_finite(metrics, done_step)
+      now = time.perf_counter()
+      rate = (done_step - step_log) / max(now - t_log, 1e-9)
+      eta = (total - done_step) / max(rate, 1e-9)
+      extra = ' '.join(f'{k}={float(v):.4f}' for k, v in sorted(metrics.items()) if k != 'loss')
+      logging.info('%s [%s] step %d/%d loss=%.4f %s | %.1f steps/s, ETA %.0fs', algorithm.name,
+                   algorithm.phases[phase_index].name, done_step, total, loss, extra, rate, eta)
+      t_log, step_log = now, done_step
+    if done_step % options.checkpoint_every_steps == 0 or done_step == total:
+      check_finite(metrics, done_step)
+      jax.block_until_ready(state)
+      now = time.perf_counter()
+      cost.seconds += now - loop_start
+      save(done_step)
+      loop_start = time.perf_counter()
+  if last_metrics is not None:
+    check_finite(last_metrics, last_step)
+  return state.params, cost
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prediction.
+
+def make_predict(problem: base.Problem, mesh: jax.sharding.Mesh):
+  """`predict(params, batch) -> logits`, jitted once; the logits come back replicated to every process."""
+
+  def predict(params, batch):
+    return base.forward(problem, params, batch, train=False)
+
+  return jax.jit(predict, out_shardings=replicated(mesh))
+
+
+def predict_split(predict_fn, params: PyTree, split: ds_lib.Split, *, batch_size: int,
+                  mesh: jax.sharding.Mesh) -> np.ndarray:
+  """Logits (N, num_classes) for every example of `split`; the last batch is padded, not dropped."""
+  check_batch_size(batch_size, mesh)
+  n = len(split)
+  outputs = []
+
+  def host_batches():
+    for lo in range(0, n, batch_size):
+      pos = np.arange(lo, min(lo + batch_size, n))
+      mask = np.zeros(batch_size, np.float32)
+      mask[:len(pos)] = 1.0
+      yield len(pos), to_device(host_batch(split, np.pad(pos, (0, batch_size - len(pos))), mask), mesh)
+
+  pending = None
+  for count, batch in _prefetch(host_batches()):
+    logits = predict_fn(params, batch)
+    if pending is not None:
+      outputs.append(np.asarray(pending[1])[:pending[0]])
+    pending = (count, logits)
+  if pending is not None:
+    outputs.append(np.asarray(pending[1])[:pending[0]])
+  return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)

@@ -1,0 +1,264 @@
+"""The experiment pipeline: original → forget set → retrain → unlearn → evaluate, in one workdir.
+
+    workdir/
+      config.json            the resolved config (a different config in the same workdir is an error)
+      forget_manifest.json   forget ids, count, sha256, selector
+      checkpoints/<stage>/   Orbax checkpoints of original, retrain and every algorithm
+      outputs/<model>.npz    per-example logits/labels/ids of every model on every split
+      results.json, results.md
+
+Each stage resumes from its latest checkpoint and is skipped when finished, so re-running the same command
+continues an interrupted experiment. Only process 0 writes files; Orbax coordinates checkpoint writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from medunlearn_jax import algorithms
+from medunlearn_jax import checkpoints as ckpt_lib
+from medunlearn_jax import engine
+from medunlearn_jax import errors
+from medunlearn_jax import models
+from medunlearn_jax.algorithms import base
+from medunlearn_jax.data import dataset as ds_lib
+from medunlearn_jax.data import forget as forget_lib
+from medunlearn_jax.evaluation import results as results_lib
+
+# Config fields that may change between invocations on one workdir without invalidating what it holds:
+# which algorithms to run (each stage checks its own hyper-parameters) and logging/IO cadence.
+MUTABLE_FIELDS = ('algorithms', 'algo', 'log_every_steps', 'checkpoint_every_steps', 'eval_batch_size',
+                  'distributed', 'report')
+REFERENCE_STAGES = ('original', 'retrain')
+
+
+def is_writer() -> bool:
+  """Only process 0 writes files in multi-process runs."""
+  return jax.process_index() == 0
+
+
+def write_json(path: pathlib.Path, data: Any) -> None:
+  """Atomic JSON write (temp file + rename), by process 0 only."""
+  if not is_writer():
+    return
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=_json_default))
+  os.replace(tmp, path)
+
+
+def _json_default(value):
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating,)):
+    return float(value)
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f'not JSON serialisable: {type(value)}')
+
+
+def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The unlearning algorithms a config asks for (`retrain`/`original` always run as references)."""
+  raw = config.algorithms
+  names = [n.strip() for n in (raw.split(',') if isinstance(raw, str) else raw) if n.strip()]
+  names = [n for n in names if n not in REFERENCE_STAGES]
+  for name in names:
+    algorithms.get(name)  # Fails with the list of choices for an unknown name.
+  if len(set(names)) != len(names):
+    raise errors.ConfigError(f'algorithm listed twice in {raw!r}')
+  return names
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks value ranges that config_flags cannot (unknown keys are already rejected there)."""
+  fraction = config.forget.get('fraction')
+  if config.forget.selector == 'random_fraction' and not (fraction is not None and 0.0 < fraction < 1.0):
+    raise errors.ConfigError(f'forget.fraction must be in (0, 1), got {fraction}')
+  if config.batch_size <= 0 or config.eval_batch_size <= 0:
+    raise errors.ConfigError('batch sizes must be positive')
+  models.make_model(config.model.name, 2)  # Unknown model names fail here, before any work.
+  algorithm_names(config)
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in config.items() if k not in MUTABLE_FIELDS}
+
+
+def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
+  if isinstance(a, Mapping) and isinstance(b, Mapping):
+    out = []
+    for key in sorted(set(a) | set(b)):
+      out += _diff(a.get(key, '<missing>'), b.get(key, '<missing>'), f'{prefix}{key}.')
+    return out
+  return [] if a == b else [f'{prefix[:-1]}: {a!r} -> {b!r}']
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Refuses a workdir that holds a run of a different config (stages would mix two experiments)."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  diffs = _diff(_identity(saved), _identity(json.loads(config.to_json_best_effort())))
+  if diffs:
+    raise errors.ConfigError(f'workdir {workdir} holds a run of a different config ({"; ".join(diffs[:4])}); '
+                             'use a new --workdir')
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything the stages share, built once per run."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  info: ds_lib.DatasetInfo
+  splits: dict[str, ds_lib.Split]
+  problem: base.Problem
+  mesh: jax.sharding.Mesh
+
+  @property
+  def options(self) -> engine.RunOptions:
+    c = self.config
+    return engine.RunOptions(seed=c.seed, batch_size=c.batch_size, log_every_steps=c.log_every_steps,
+                             checkpoint_every_steps=c.checkpoint_every_steps)
+
+
+def make_problem(config: ml_collections.ConfigDict, info: ds_lib.DatasetInfo) -> base.Problem:
+  """The model of a config, wrapped as the `Problem` algorithms work on."""
+  model = models.make_model(config.model.name, info.num_classes, dtype=config.model.dtype,
+                            **config.model.get('kwargs', {}))
+  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+
+  def apply_fn(params, images, train):
+    return model.apply({'params': params}, images, train=train)
+
+  def init_fn(rng):
+    return model.init(rng, dummy)['params']
+
+  return base.Problem(apply_fn=apply_fn, init_fn=init_fn, num_classes=info.num_classes,
+                      multilabel=info.task == 'multi-label')
+
+
+def init_params(exp: Experiment) -> Any:
+  """The initial parameters shared by the original and the retrained model (same seed, same recipe)."""
+  abstract = jax.eval_shape(exp.problem.init_fn, jax.random.key(0))
+  shardings = jax.tree.map(lambda _: engine.replicated(exp.mesh), abstract)
+  return jax.jit(exp.problem.init_fn, out_shardings=shardings)(jax.random.key(exp.config.seed))
+
+
+def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split],
+              params: Any, context: Any, on_step=None) -> tuple[Any, engine.Cost]:
+  """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
+  checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
+  meta = {'stage': stage, 'algorithm': algorithm.name, 'hparams': algorithm.hparams}
+  saved = checkpoints.read_meta()
+  if saved is not None and json.loads(json.dumps(saved.get('hparams'))) != json.loads(
+      json.dumps(meta['hparams'])):
+    raise errors.ConfigError(f'workdir already holds stage {stage!r} trained with different '
+                             'hyper-parameters; use a new --workdir')
+  try:
+    logging.info('stage %s: %s', stage, 'resuming' if saved and not saved.get('done') else
+                 ('finished earlier, loading' if saved else 'starting'))
+    return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
+                      checkpoints=checkpoints, meta=meta, on_step=on_step)
+  finally:
+    checkpoints.close()
+
+
+def erm_algorithm(exp: Experiment, stream: str) -> base.Algorithm:
+  """The shared training recipe (`config.train`) on one stream: 'train' (original) or 'retain' (retrain)."""
+  hp = ml_collections.ConfigDict(exp.config.train.to_dict())
+  hp.stream = stream
+  return algorithms.get('erm').build(exp.problem, hp, {stream: len(exp.splits[stream])}, exp.config.batch_size)
+
+
+def forget_manifest(exp: Experiment) -> forget_lib.ForgetManifest:
+  """Reads the workdir's manifest (checking it matches the config) or selects and writes a new one."""
+  c = exp.config
+  manifest = forget_lib.read_manifest(exp.workdir)
+  selection = forget_lib.select_random_fraction(exp.splits['train'], c.forget.fraction, c.seed)
+  if manifest is not None:
+    if manifest.sha256 != selection.sha256:
+      raise errors.ConfigError(f'{forget_lib.MANIFEST_NAME} in {exp.workdir} does not match the configured '
+                               'forget selection; use a new --workdir')
+    return manifest
+  if is_writer():
+    forget_lib.write_manifest(selection, exp.workdir)
+  logging.info('forget set: %d of %d training examples (sha256 %s…)', len(selection.ids),
+               len(exp.splits['train']), selection.sha256[:12])
+  return selection
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Experiment:
+  """Validates the config and workdir, loads the data and builds the model; writes config.json."""
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  validate(config)
+  workdir = pathlib.Path(workdir).absolute()
+  check_workdir(config, workdir)
+  info, splits = data_lib.load(config.dataset)
+  mesh = engine.make_mesh()
+  engine.check_batch_size(config.batch_size, mesh)
+  engine.check_batch_size(config.eval_batch_size, mesh)
+  if is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+  logging.info('dataset %s %dpx: %s; %d devices', config.dataset.name, config.dataset.image_size,
+               {k: len(v) for k, v in splits.items()}, mesh.size)
+  return Experiment(config, workdir, info, splits, make_problem(config, info), mesh)
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs the whole pipeline and returns the results dict (also written to workdir/results.json)."""
+  exp = setup(config, workdir)
+  c = exp.config
+  init = init_params(exp)
+  trained: dict[str, Any] = {}
+  costs: dict[str, engine.Cost] = {}
+
+  trained['original'], costs['original'] = run_stage(exp, 'original', erm_algorithm(exp, 'train'),
+                                                     exp.splits, init, {})
+  manifest = forget_manifest(exp)
+  retain, forget = forget_lib.split_train(exp.splits['train'], manifest)
+  exp.splits.update(retain=retain, forget=forget)
+
+  forget_lib.check_disjoint(retain, manifest)  # The retrained model provably never sees forgotten data.
+  trained['retrain'], costs['retrain'] = run_stage(exp, 'retrain', erm_algorithm(exp, 'retain'),
+                                                   {'retain': retain}, init, {})
+  sizes = {k: len(v) for k, v in exp.splits.items()}
+  for name in algorithm_names(c):
+    algorithm = algorithms.get(name).build(exp.problem, c.algo[name], sizes, c.batch_size)
+    start, context = algorithm.prepare(trained['original'], exp.splits,
+                                       jax.random.fold_in(jax.random.key(c.seed), 1 + len(trained)))
+    trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context)
+
+  return evaluate(exp, trained, costs)
+
+
+def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, engine.Cost]) -> dict[str, Any]:
+  """Predicts every split with every model (one compiled program), saves the outputs, writes results."""
+  predict = engine.make_predict(exp.problem, exp.mesh)
+  eval_splits = ('retain', 'forget', 'val', 'test')
+  outputs = {}
+  for model_name, params in trained.items():
+    logits = {s: engine.predict_split(predict, params, exp.splits[s], batch_size=exp.config.eval_batch_size,
+                                      mesh=exp.mesh) for s in eval_splits}
+    outputs[model_name] = logits
+    if is_writer():
+      results_lib.save_outputs(exp.workdir / 'outputs' / f'{model_name}.npz', logits, exp.splits)
+  results = results_lib.build_results(exp.info, exp.splits, outputs, {k: v.to_json() for k, v in costs.items()})
+  results['config'] = {'dataset': exp.config.dataset.name, 'image_size': exp.config.dataset.image_size,
+                       'model': exp.config.model.name, 'seed': exp.config.seed,
+                       'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size}
+  write_json(exp.workdir / 'results.json', results)
+  table = results_lib.markdown_table(results)
+  if is_writer():
+    (exp.workdir / 'results.md').write_text(table + '\n')
+  print(table)
+  return results
