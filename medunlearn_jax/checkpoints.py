@@ -8,14 +8,28 @@ looks valid.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
 PyTree = Any
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+  """Orbax logs every file operation at INFO through absl; keep the run's own progress readable."""
+  level = logging.get_verbosity()
+  if level >= logging.INFO:  # absl levels: DEBUG 1 > INFO 0 > WARNING -1.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
 
 
 class StageCheckpoints:
@@ -28,11 +42,12 @@ class StageCheckpoints:
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False),
-        item_names=('state', 'meta'))
+    with _quiet():
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False),
+          item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -41,16 +56,18 @@ class StageCheckpoints:
     """Saves `state` and `meta` at `step` (an existing step is never overwritten)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     meta=ocp.args.JsonSave(dict(meta))))
-    self._manager.wait_until_finished()
+    with _quiet():
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(dict(meta))))
+      self._manager.wait_until_finished()
 
   def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
     """Metadata of `step` (default: latest) without loading the arrays; None if there is no checkpoint."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    with _quiet():
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored['meta'])
 
   def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
@@ -58,12 +75,14 @@ class StageCheckpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    with _quiet():
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['meta'])
 
   def close(self) -> None:
-    self._manager.close()
+    with _quiet():
+      self._manager.close()
 
 
 def abstract_like(tree: PyTree) -> PyTree:

@@ -83,12 +83,14 @@ def fetch_verified(url: str, dest_path: str | os.PathLike, md5: str, *,
             digest.update(chunk)
             n_bytes += len(chunk)
       except urllib.error.HTTPError as e:
-        raise errors.DataError(f'could not download {url}: HTTP {e.code} {e.reason}; {_no_internet_hint()}') from e
+        raise errors.DataError(
+            f'could not download {url}: HTTP {e.code} {e.reason}; {_no_internet_hint()}') from e
       except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         reason = getattr(e, 'reason', None) or e
         raise errors.DataError(f'could not download {url}: {reason}; {_no_internet_hint()}') from e
       except (OSError, http.client.HTTPException, ValueError) as e:  # bad URL, broken reply, disk full
-        raise errors.DataError(f'could not download {url} to {dest.parent}: {e}; {_no_internet_hint()}') from e
+        raise errors.DataError(
+            f'could not download {url} to {dest.parent}: {e}; {_no_internet_hint()}') from e
     actual = digest.hexdigest()
     if actual != md5.lower():
       raise errors.DataError(
@@ -105,7 +107,7 @@ def fetch_verified(url: str, dest_path: str | os.PathLike, md5: str, *,
 
 def locate_or_fetch(file_name: str, md5: str | None, *, raw_dir: str | os.PathLike | None,
                     cache_dir: str | os.PathLike, url: str | None, download: bool,
-                    allow_unverified: bool = False,
+                    allow_unverified: bool = False, family: str | None = None,
                     timeout: float = DEFAULT_TIMEOUT_S) -> pathlib.Path:
   """The verified path of a raw file: from `raw_dir`, else from the download cache, else downloaded.
 
@@ -118,6 +120,8 @@ def locate_or_fetch(file_name: str, md5: str | None, *, raw_dir: str | os.PathLi
 
   When `md5` is None (no official checksum known), a local file in `raw_dir` is used only when
   `allow_unverified` is true, and nothing is ever downloaded.
+
+  `family` (e.g. 'medmnist'), the raw sub-folder under `$MEDUNLEARN_DATA_DIR`, only makes messages precise.
 
   Raises:
     errors.DataError: as described above.
@@ -141,11 +145,14 @@ def locate_or_fetch(file_name: str, md5: str | None, *, raw_dir: str | os.PathLi
           f'with the official file')
     return raw_path
 
-  where = f'{raw_path}' if raw_path is not None else f'the raw data folder ({paths.RAW_DIR_ENV} is not set)'
+  where = str(raw_path) if raw_path is not None else f'the raw data folder ({paths.RAW_DIR_ENV} is not set)'
+  env_path = (f'${paths.RAW_DIR_ENV}/{family}/{file_name}' if family
+              else f'the raw folder under ${paths.RAW_DIR_ENV}')
+  target = f'{raw_path} (raw files live at {env_path})' if raw_path is not None else env_path
   if md5 is None:
     raise errors.DataError(
-        f'no official checksum known for {file_name}, so it is never downloaded; place the file at {where} '
-        f'(set {paths.RAW_DIR_ENV}) and pass allow_unverified=True')
+        f'no official checksum known for {file_name}, so it is never downloaded; place the file at {target} '
+        f'and pass allow_unverified=True')
 
   if cache_path.is_file():
     if md5_of(cache_path) == md5:
@@ -157,6 +164,5 @@ def locate_or_fetch(file_name: str, md5: str | None, *, raw_dir: str | os.PathLi
     reason = 'downloads are disabled' if not download else 'no download address is known'
     raise errors.DataError(
         f'{file_name} not found: looked at {where} and {cache_path}, and {reason}; put the official file '
-        f'(MD5 {md5}) in the raw data folder by setting {paths.RAW_DIR_ENV} to a root that holds it'
-        + (f', or allow downloading from {url}' if url else ''))
+        f'(MD5 {md5}) at {target}' + (f', or allow downloading from {url}' if url else ''))
   return fetch_verified(url, cache_path, md5, timeout=timeout)

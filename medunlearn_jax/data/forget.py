@@ -82,6 +82,36 @@ def make_manifest(train: ds_lib.Split, ids: np.ndarray, *, selector: str, params
   return ForgetManifest(unique, selector, dict(params), int(seed), tuple(sorted(map(str, patient_ids))))
 
 
+def patients_of(train: ds_lib.Split, ids: np.ndarray) -> np.ndarray:
+  """Sorted unique patient ids of the training images `ids` (UserError if the split has no patient ids)."""
+  if ds_lib.PATIENT_ID not in train.meta:
+    raise errors.UserError(f'split {train.name!r} has no {ds_lib.PATIENT_ID!r} metadata: this dataset does not '
+                           'support patient-level forgetting')
+  return np.unique(train.meta[ds_lib.PATIENT_ID].astype(str)[train.positions(ids)])
+
+
+def check_patients_complete(train: ds_lib.Split, ids: np.ndarray) -> tuple[str, ...]:
+  """The patients that `ids` name images of; UserError if any of them would keep images in the retain set.
+
+  The right to be forgotten belongs to the patient: a request that names some images of a patient while
+  others of the same patient stay in training is refused (its caller may explicitly allow it instead).
+  """
+  ids = np.asarray(ids, dtype=np.int64)
+  patients = patients_of(train, ids)
+  all_pids = train.meta[ds_lib.PATIENT_ID].astype(str)
+  of_patients = np.isin(all_pids, patients)
+  named = np.zeros(len(train), bool)
+  named[train.positions(ids)] = True
+  left = np.unique(all_pids[of_patients & ~named])
+  if left.size:
+    counts = [int(np.sum(of_patients & ~named & (all_pids == p))) for p in left[:3]]
+    raise errors.UserError(
+        f'the request names only some images of {left.size} patient(s): e.g. patient(s) '
+        f'{left[:3].tolist()} would keep {counts} image(s) in the retain set; add those images, request the '
+        'patients instead, or allow partial patients explicitly')
+  return tuple(patients.tolist())
+
+
 def select_random_fraction(train: ds_lib.Split, fraction: float, seed: int) -> ForgetManifest:
   """A uniformly random fraction of the training images (rounded, at least one), seeded."""
   if not 0.0 < fraction < 1.0:

@@ -79,7 +79,8 @@ def _tow_triplet(accs: Mapping[str, float] | Sequence[float], name: str) -> tupl
   return values
 
 
-def tow(model: Mapping[str, float] | Sequence[float], retrain: Mapping[str, float] | Sequence[float]) -> float:
+def tow(model: Mapping[str, float] | Sequence[float],
+        retrain: Mapping[str, float] | Sequence[float]) -> float:
   """Tug-of-War of Zhao et al., "What makes unlearning hard and what to do about it" (NeurIPS 2024,
   arXiv:2406.01257).
 
