@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import pkgutil
 from typing import Callable, Mapping
 
 import ml_collections
@@ -28,8 +29,8 @@ class Entry:
 
 
 _REGISTRY: dict[str, Entry] = {}
-# Modules that register algorithms; importing this package registers all of them.
-_MODULES = ('erm', 'finetune')
+# Modules of this package that hold no algorithm; every other module registers one when imported.
+_NOT_ALGORITHMS = ('base',)
 
 
 def register(name: str, default_config: Callable[[], ml_collections.ConfigDict], build: Builder,
@@ -59,5 +60,6 @@ def steps_per_epoch(size: int, batch_size: int) -> int:
   return max(1, math.ceil(size / batch_size))
 
 
-for _module in _MODULES:
-  importlib.import_module(f'medunlearn_jax.algorithms.{_module}')
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+  if _module not in _NOT_ALGORITHMS and not _module.startswith('_'):
+    importlib.import_module(f'medunlearn_jax.algorithms.{_module}')
