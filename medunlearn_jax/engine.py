@@ -349,6 +349,35 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Set-up computations of algorithms and prediction.
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+  """What an algorithm's `prepare` may use: the mesh, the batch size, and data-parallel reductions."""
+  mesh: jax.sharding.Mesh
+  batch_size: int
+  seed: int = 0
+
+  def reduce(self, fn: Callable[[PyTree, base.Batch], PyTree], params: PyTree, split: ds_lib.Split,
+             extra: PyTree = None) -> PyTree:
+    """Sum over the batches of `split` of `fn(params, batch[, extra])`, jitted once, data-parallel.
+
+    `fn` must itself weight rows by `batch['mask']` (the last batch is padded). Used for gradients of a
+    loss over a whole set (saliency masks, Fisher importances) without a private loop.
+    """
+    call = jax.jit(fn if extra is None else (lambda p, b: fn(p, b, extra)),
+                   out_shardings=replicated(self.mesh))
+    total = None
+    for lo in range(0, len(split), self.batch_size):
+      pos = np.arange(lo, min(lo + self.batch_size, len(split)))
+      mask = np.zeros(self.batch_size, np.float32)
+      mask[:len(pos)] = 1.0
+      batch = to_device(host_batch(split, np.pad(pos, (0, self.batch_size - len(pos))), mask), self.mesh)
+      value = call(params, batch)
+      total = value if total is None else jax.tree.map(jax.numpy.add, total, value)
+    return total
+
+
 # Prediction.
 
 def make_predict(problem: base.Problem, mesh: jax.sharding.Mesh):

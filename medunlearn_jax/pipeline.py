@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import zlib
 from typing import Any, Mapping
 
 from absl import logging
@@ -234,8 +235,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   sizes = {k: len(v) for k, v in exp.splits.items()}
   for name in algorithm_names(c):
     algorithm = algorithms.get(name).build(exp.problem, c.algo[name], sizes, c.batch_size)
+    env = engine.Env(exp.mesh, c.batch_size, c.seed)
     start, context = algorithm.prepare(trained['original'], exp.splits,
-                                       jax.random.fold_in(jax.random.key(c.seed), 1 + len(trained)))
+                                       jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode())), env)
     trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context)
 
   return evaluate(exp, trained, costs)

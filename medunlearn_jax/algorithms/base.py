@@ -12,8 +12,10 @@ and is a plain value:
   `'train'`...) run for a number of epochs of its first ("driver") stream;
 * `tx`: an `optax.GradientTransformationExtraArgs`; the engine calls `tx.update(grads, opt_state, params,
   context=context)` so a transformation may read the context (e.g. a saliency mask);
-* `prepare`: optional host-side set-up run once before training (e.g. compute a saliency mask or Fisher
-  importances, re-initialise blocks); it returns the starting parameters and the context.
+* `prepare(params, data, rng, env) -> (params, context)`: optional set-up run once before training (e.g.
+  a saliency mask or Fisher importances, re-initialised blocks). `env` (an `engine.Env`) gives the mesh,
+  batch size and `env.reduce(fn, params, split)`, a data-parallel sum of `fn(params, batch)` over a split,
+  so set-up computations never need a loop of their own.
 """
 from __future__ import annotations
 
@@ -70,9 +72,9 @@ class Phase:
   name: str = 'main'
 
 
-def no_prepare(params: PyTree, data: Any, rng: jax.Array) -> tuple[PyTree, PyTree]:
+def no_prepare(params: PyTree, data: Any, rng: jax.Array, env: Any) -> tuple[PyTree, PyTree]:
   """Default set-up: start from the given parameters with an empty context."""
-  del data, rng
+  del data, rng, env
   return params, {}
 
 
@@ -82,7 +84,7 @@ class Algorithm:
   name: str
   phases: tuple[Phase, ...]
   tx: optax.GradientTransformationExtraArgs
-  prepare: Callable[[PyTree, Any, jax.Array], tuple[PyTree, PyTree]] = no_prepare
+  prepare: Callable[[PyTree, Any, jax.Array, Any], tuple[PyTree, PyTree]] = no_prepare
   from_scratch: bool = False  # True for `retrain`/`original`: ignore the original model's parameters.
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
