@@ -86,6 +86,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise errors.ConfigError('batch sizes must be positive')
   models.make_model(config.model.name, 2)  # Unknown model names fail here, before any work.
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  data_lib.family(config.dataset.name)
   algorithm_names(config)
 
 
@@ -154,19 +156,44 @@ def init_params(exp: Experiment) -> Any:
   return jax.jit(exp.problem.init_fn, out_shardings=shardings)(jax.random.key(exp.config.seed))
 
 
+def _normalised(value: Any) -> Any:
+  return json.loads(json.dumps(value, default=_json_default))
+
+
+def stage_hparams(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """The hyper-parameters each stage of a config trains with (what its checkpoints record)."""
+  out = {'original': dict(config.train.to_dict(), stream='train'),
+         'retrain': dict(config.train.to_dict(), stream='retain')}
+  for name in algorithm_names(config):
+    out[name] = config.algo[name].to_dict()
+  return _normalised(out)
+
+
+def check_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Refuses to continue a stage whose checkpoints were made with other hyper-parameters."""
+  for stage, hparams in stage_hparams(config).items():
+    directory = workdir / 'checkpoints' / stage
+    if not directory.exists():
+      continue
+    checkpoints = ckpt_lib.StageCheckpoints(directory)
+    try:
+      saved = checkpoints.read_meta()
+    finally:
+      checkpoints.close()
+    if saved is not None and _normalised(saved.get('hparams')) != hparams:
+      raise errors.ConfigError(f'workdir already holds stage {stage!r} trained with different '
+                               'hyper-parameters; use a new --workdir')
+
+
 def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split],
               params: Any, context: Any, on_step=None) -> tuple[Any, engine.Cost]:
   """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
   checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
-  meta = {'stage': stage, 'algorithm': algorithm.name, 'hparams': algorithm.hparams}
-  saved = checkpoints.read_meta()
-  if saved is not None and json.loads(json.dumps(saved.get('hparams'))) != json.loads(
-      json.dumps(meta['hparams'])):
-    raise errors.ConfigError(f'workdir already holds stage {stage!r} trained with different '
-                             'hyper-parameters; use a new --workdir')
+  meta = {'stage': stage, 'algorithm': algorithm.name, 'hparams': _normalised(algorithm.hparams)}
   try:
-    logging.info('stage %s: %s', stage, 'resuming' if saved and not saved.get('done') else
-                 ('finished earlier, loading' if saved else 'starting'))
+    saved = checkpoints.read_meta()
+    logging.info('stage %s: %s', stage, 'starting' if saved is None else
+                 ('finished earlier, loading' if saved.get('done') else 'resuming'))
     return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
                       checkpoints=checkpoints, meta=meta, on_step=on_step)
   finally:
@@ -203,6 +230,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   validate(config)
   workdir = pathlib.Path(workdir).absolute()
   check_workdir(config, workdir)
+  check_stages(config, workdir)
   info, splits = data_lib.load(config.dataset)
   mesh = engine.make_mesh()
   engine.check_batch_size(config.batch_size, mesh)

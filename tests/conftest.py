@@ -33,3 +33,34 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f'real data folder {SHARED_DATA} is absent')
   return SHARED_DATA
+
+
+def write_medmnist_npz(path: pathlib.Path, *, counts=(240, 40, 40), size=28, channels=1, classes=2,
+                       seed=0) -> None:
+  """A learnable synthetic file in the official MedMNIST layout (uint8 images, labels of shape (N, 1))."""
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in zip(('train', 'val', 'test'), counts):
+    labels = rng.integers(0, classes, n)
+    shape = (n, size, size) + ((channels,) if channels == 3 else ())
+    noise = rng.normal(0, 25, shape)
+    shift = (60 + 120 * labels / max(classes - 1, 1)).reshape((n,) + (1,) * (len(shape) - 1))
+    arrays[f'{split}_images'] = np.clip(noise + shift, 0, 255).astype(np.uint8)
+    arrays[f'{split}_labels'] = labels.reshape(n, 1).astype(np.uint8)
+  np.savez_compressed(path, **{k: arrays[k] for k in (
+      'train_images', 'val_images', 'test_images', 'train_labels', 'val_labels', 'test_labels')})
+
+
+@pytest.fixture
+def synthetic_medmnist(tmp_path, monkeypatch) -> pathlib.Path:
+  """A synthetic `pneumoniamnist.npz` under a raw-data root, with env vars pointing at it (no network)."""
+  from medunlearn_jax.data import download, medmnist, paths  # pylint: disable=g-import-not-at-top
+  raw = tmp_path / 'raw'
+  (raw / 'medmnist').mkdir(parents=True)
+  write_medmnist_npz(raw / 'medmnist' / 'pneumoniamnist.npz')
+  monkeypatch.setitem(medmnist.INFO['pneumoniamnist'].md5, 28,
+                      download.md5_of(raw / 'medmnist' / 'pneumoniamnist.npz'))
+  monkeypatch.setenv(paths.RAW_DIR_ENV, str(raw))
+  monkeypatch.setenv(paths.TFDS_DIR_ENV, str(tmp_path / 'tfds'))
+  monkeypatch.setenv(medmnist.URL_ENV, 'http://127.0.0.1:9/')  # Never reach the internet from tests.
+  return raw

@@ -239,7 +239,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
                **kwargs):
     self._raw_dir = resolve_raw(raw_dir)
     self._split_seed = int(split_seed)
-    config = kwargs.get('config')
+    config = kwargs.get('config') or self.BUILDER_CONFIGS[0].name
     config = getattr(config, 'name', config)
     # The channel count is part of the features, which TFDS needs before reading an existing build: take
     # the source that build used when there is one.

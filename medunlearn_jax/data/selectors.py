@@ -8,18 +8,16 @@ and returns a manifest built (and validated) by `forget.make_manifest`: the forg
 sha256, the selector name, its parameters and the seed. Validation errors are `errors.UserError`s with one
 clear line, raised before anything is written.
 
-| selector          | params                                               | picks                                      |
-|-------------------|------------------------------------------------------|--------------------------------------------|
-| `random_fraction` | fraction                                             | uniformly random images                    |
-| `random_count`    | count                                                | uniformly random images                    |
-| `patient_fraction`| fraction (of patients)                               | all images of random patients              |
-| `patient_count`   | count (patients)                                     | all images of random patients              |
-| `class`           | label, fraction or count (within the class; default all) | images of one class (multi-label: positives) |
-| `sex`             | sex ('F'/'M'), fraction (of the whole train set) or count, matched | random images of one sex     |
-| `age_range`       | min_age, max_age (inclusive), fraction or count (within the range) | images in the age range      |
-| `difficulty`      | arm ('easiest'/'hardest'/'random'), fraction or count (default a tercile) | by difficulty score |
-| `id_file`         | path, allow_partial_patients                         | the ids listed in a text or JSON file       |
-| `patient_file`    | path                                                 | all images of the patients listed in a file |
+* `random_fraction` (fraction) / `random_count` (count): uniformly random images.
+* `patient_fraction` (fraction of patients) / `patient_count` (count of patients): all images of randomly
+  chosen patients.
+* `class` (label; fraction or count within the class, default all): images of one class (multi-label: the
+  images positive for that label).
+* `sex` (sex 'F'/'M'; fraction of the whole training set or count; matched): random images of one sex.
+* `age_range` (min_age, max_age, inclusive; fraction or count within the range, default all).
+* `difficulty` (arm 'easiest'/'hardest'/'random'; fraction or count, default a tercile): by difficulty score.
+* `id_file` (path, allow_partial_patients): the image ids listed in a text or JSON file.
+* `patient_file` (path): all images of the patients listed in a text or JSON file.
 
 `sex` with `matched=True` uses min(requested, #F images, #M images) for both sexes, so an F arm and an M arm
 run with the same fraction are the same size and can be compared. `difficulty` needs a per-example score

@@ -56,7 +56,8 @@ def patient_split(patient_ids: np.ndarray | Sequence[str], fractions: Sequence[f
   """Assigns every row to a split so that all rows of one patient share a split.
 
   The unique patient ids are sorted (so the result does not depend on row order), permuted with a seeded
-  generator, and cut into consecutive blocks of round(fraction * n_patients) patients.
+  generator, and cut into consecutive blocks of about fraction * n_patients patients (largest-remainder
+  rounding; every split with a non-zero fraction gets at least one patient when there are enough).
 
   Args:
     patient_ids: (N,) patient id per row (any type; compared as strings).
@@ -75,6 +76,7 @@ def patient_split(patient_ids: np.ndarray | Sequence[str], fractions: Sequence[f
     raise errors.ConfigError(f'split fractions {tuple(fractions)} must give one value per split {tuple(names)}')
   if np.any(fr < 0) or not math.isclose(float(fr.sum()), 1.0, abs_tol=1e-6):
     raise errors.ConfigError(f'split fractions must be >= 0 and sum to 1, got {tuple(fractions)}')
+  fr = fr / fr.sum()
   pids = np.asarray(patient_ids).astype(str)
   if pids.ndim != 1:
     raise errors.UserError(f'patient_ids must be one-dimensional, got shape {pids.shape}')

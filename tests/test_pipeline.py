@@ -1,0 +1,154 @@
+"""The whole pipeline on a synthetic MedMNIST file: results, manifest, resume, refusal of bad input."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import default as default_config
+from medunlearn_jax import errors
+from medunlearn_jax import pipeline
+from medunlearn_jax.data import forget as forget_lib
+from medunlearn_jax.evaluation import results as results_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_config(**overrides):
+  config = default_config.get_config()
+  config.train.epochs = 2.0
+  config.algo.finetune.epochs = 1.0
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.log_every_steps = 5
+  config.checkpoint_every_steps = 4
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_pipeline_writes_results_manifest_and_outputs(tmp_path, synthetic_medmnist):
+  workdir = tmp_path / 'run'
+  results = pipeline.run_experiment(small_config(), workdir)
+  assert set(results['models']) == {'original', 'retrain', 'finetune'}
+  for model in results['models'].values():
+    for split in ('retain', 'forget', 'val', 'test'):
+      assert 0.0 <= model[split]['accuracy'] <= 1.0
+      assert 'roc_auc' in model[split]
+    assert {'seconds', 'compile_seconds', 'steps', 'examples', 'relative_to_retrain'} <= set(model['cost'])
+  retrain_cost = results['models']['retrain']['cost']
+  assert results['models']['retrain']['cost']['relative_to_retrain']['steps'] == 1.0
+  # Retrain sees 216 retain examples per epoch (240 train - 24 forget), 2 epochs of ceil(216/32)=7 steps.
+  assert retrain_cost['steps'] == 14 and retrain_cost['examples'] == 2 * 216
+  assert results['models']['original']['cost']['examples'] == 2 * 240
+  assert results['models']['original']['test']['accuracy'] > 0.8  # The synthetic task is easy.
+
+  manifest = json.loads((workdir / 'forget_manifest.json').read_text())
+  assert manifest['count'] == 24 == len(manifest['ids'])
+  assert manifest['sha256'] == forget_lib.ids_sha256(np.asarray(manifest['ids']))
+  assert manifest['selector'] == 'random_fraction' and manifest['params'] == {'fraction': 0.1}
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert saved['models']['finetune']['test']['accuracy'] == results['models']['finetune']['test']['accuracy']
+  assert (workdir / 'results.md').read_text().startswith('| model |')
+  assert json.loads((workdir / 'config.json').read_text())['dataset']['name'] == 'pneumoniamnist'
+  outputs = results_lib.load_outputs(workdir / 'outputs' / 'original.npz')
+  assert outputs['forget']['logits'].shape == (24, 2)
+  np.testing.assert_array_equal(np.sort(outputs['forget']['ids']), manifest['ids'])
+  assert not set(outputs['retain']['ids']) & set(manifest['ids'])
+
+
+def test_crashed_run_resumes_to_the_same_result(tmp_path, synthetic_medmnist, monkeypatch):
+  config = small_config()
+  reference = pipeline.run_experiment(config, tmp_path / 'ref')
+
+  real_run_stage = pipeline.run_stage
+
+  def crashing_run_stage(exp, stage, *args, **kwargs):
+    def crash(step):
+      if stage == 'retrain' and step == 10:
+        raise KeyboardInterrupt('simulated kill')
+    return real_run_stage(exp, stage, *args, on_step=crash, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'run_stage', crashing_run_stage)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_experiment(config, tmp_path / 'crash')
+  assert not (tmp_path / 'crash' / 'results.json').exists()
+  monkeypatch.setattr(pipeline, 'run_stage', real_run_stage)
+  resumed = pipeline.run_experiment(config, tmp_path / 'crash')
+  for model in ('original', 'retrain', 'finetune'):
+    ref = results_lib.load_outputs(tmp_path / 'ref' / 'outputs' / f'{model}.npz')
+    got = results_lib.load_outputs(tmp_path / 'crash' / 'outputs' / f'{model}.npz')
+    np.testing.assert_allclose(got['test']['logits'], ref['test']['logits'], rtol=1e-5, atol=1e-6)
+  assert resumed['models']['retrain']['cost']['steps'] == reference['models']['retrain']['cost']['steps']
+
+
+def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, synthetic_medmnist):
+  workdir = tmp_path / 'run'
+  pipeline.run_experiment(small_config(), workdir)
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  with pytest.raises(errors.ConfigError, match='different config'):
+    pipeline.run_experiment(small_config(seed=1), workdir)
+  with pytest.raises(errors.ConfigError, match='different hyper-parameters'):
+    pipeline.run_experiment(small_config(**{'algo.finetune.lr': 0.5}), workdir)
+  after = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
+  assert before == after
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'forget.fraction': 1.0}, 'forget.fraction must be in'),
+    ({'forget.fraction': 0.0}, 'forget.fraction must be in'),
+    ({'algorithms': 'finetune,nope'}, 'unknown algorithm'),
+    ({'dataset.name': 'nope'}, 'unknown dataset'),
+    ({'model.name': 'nope'}, 'unknown model'),
+])
+def test_bad_config_fails_before_writing(tmp_path, overrides, message):
+  with pytest.raises(errors.UserError, match=message):
+    pipeline.run_experiment(small_config(**overrides), tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_forget_set_leaving_a_class_empty_is_refused(tmp_path, synthetic_medmnist):
+  with pytest.raises(errors.UserError, match='retain set would be empty|no retain example'):
+    pipeline.run_experiment(small_config(**{'forget.fraction': 0.999}), tmp_path / 'run')
+
+
+def run_cli(*args, env):
+  return subprocess.run([sys.executable, '-m', 'experiments.run', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def cli_error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+  env = dict(os.environ, MEDUNLEARN_DATA_DIR=str(tmp_path / 'empty'), TFDS_DATA_DIR=str(tmp_path / 'tfds'),
+             MEDUNLEARN_MEDMNIST_URL='http://127.0.0.1:9/', JAX_PLATFORMS='cpu')
+  cases = [
+      ['--config.forget.fractoin=0.2'],      # Unknown key.
+      ['--config.forget.fraction=1.5'],      # Out of range.
+      [],                                    # Data file missing, no network.
+  ]
+  for extra in cases:
+    proc = run_cli('--config=experiments/configs/default.py', f'--workdir={tmp_path / "w"}', *extra, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = cli_error_lines(proc.stderr)
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / 'tfds' / 'medmnist' / 'pneumoniamnist_28' / '1.0.0').exists()
+
+
+def test_real_breastmnist_pipeline(tmp_path, shared_data, monkeypatch):
+  monkeypatch.setenv('MEDUNLEARN_DATA_DIR', str(shared_data))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  config = small_config(**{'dataset.name': 'breastmnist', 'train.epochs': 3.0})
+  results = pipeline.run_experiment(config, tmp_path / 'run')
+  assert results['models']['original']['test']['n'] == 156
+  assert len(json.loads((tmp_path / 'run' / 'forget_manifest.json').read_text())['ids']) == 55  # 10 % of 546.
+  assert results['models']['original']['test']['accuracy'] > 0.6
