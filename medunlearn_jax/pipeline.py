@@ -33,6 +33,7 @@ from medunlearn_jax import models
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
 from medunlearn_jax.data import forget as forget_lib
+from medunlearn_jax.data import selectors
 from medunlearn_jax.evaluation import results as results_lib
 
 # Config fields that may change between invocations on one workdir without invalidating what it holds:
@@ -81,8 +82,9 @@ def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks value ranges that config_flags cannot (unknown keys are already rejected there)."""
   fraction = config.forget.get('fraction')
-  if config.forget.selector == 'random_fraction' and not (fraction is not None and 0.0 < fraction < 1.0):
+  if fraction is not None and not 0.0 < fraction < 1.0:
     raise errors.ConfigError(f'forget.fraction must be in (0, 1), got {fraction}')
+  selectors.get(config.forget.selector)  # Unknown selector names fail before any work.
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise errors.ConfigError('batch sizes must be positive')
   models.make_model(config.model.name, 2)  # Unknown model names fail here, before any work.
@@ -207,11 +209,21 @@ def erm_algorithm(exp: Experiment, stream: str) -> base.Algorithm:
   return algorithms.get('erm').build(exp.problem, hp, {stream: len(exp.splits[stream])}, exp.config.batch_size)
 
 
-def forget_manifest(exp: Experiment) -> forget_lib.ForgetManifest:
-  """Reads the workdir's manifest (checking it matches the config) or selects and writes a new one."""
+def difficulty_scores(exp: Experiment, params: Any) -> np.ndarray:
+  """Per-example difficulty of the training split: the original model's cross-entropy (higher = harder)."""
+  from medunlearn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  logits = engine.predict_split(engine.make_predict(exp.problem, exp.mesh), params, exp.splits['train'],
+                                batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
+  return metrics.per_example_loss(logits, exp.splits['train'].labels)
+
+
+def forget_manifest(exp: Experiment, original_params: Any) -> forget_lib.ForgetManifest:
+  """Selects the forget set; reuses the workdir's manifest when it is the same selection, else refuses."""
   c = exp.config
-  manifest = forget_lib.read_manifest(exp.workdir)
-  selection = forget_lib.select_random_fraction(exp.splits['train'], c.forget.fraction, c.seed)
+  difficulty = difficulty_scores(exp, original_params) if c.forget.selector == 'difficulty' else None
+  selection = selectors.select(exp.splits['train'], c.forget, seed=c.seed, difficulty=difficulty,
+                               ignore_unused=True)
+  manifest = forget_lib.read_manifest(exp.workdir)  # Verifies its own sha256.
   if manifest is not None:
     if manifest.sha256 != selection.sha256:
       raise errors.ConfigError(f'{forget_lib.MANIFEST_NAME} in {exp.workdir} does not match the configured '
@@ -219,8 +231,8 @@ def forget_manifest(exp: Experiment) -> forget_lib.ForgetManifest:
     return manifest
   if is_writer():
     forget_lib.write_manifest(selection, exp.workdir)
-  logging.info('forget set: %d of %d training examples (sha256 %s…)', len(selection.ids),
-               len(exp.splits['train']), selection.sha256[:12])
+  logging.info('forget set (%s): %d of %d training examples (sha256 %s…)', selection.selector,
+               len(selection.ids), len(exp.splits['train']), selection.sha256[:12])
   return selection
 
 
@@ -253,7 +265,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
 
   trained['original'], costs['original'] = run_stage(exp, 'original', erm_algorithm(exp, 'train'),
                                                      exp.splits, init, {})
-  manifest = forget_manifest(exp)
+  manifest = forget_manifest(exp, trained['original'])
   retain, forget = forget_lib.split_train(exp.splits['train'], manifest)
   exp.splits.update(retain=retain, forget=forget)
 

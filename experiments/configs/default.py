@@ -9,6 +9,7 @@ finetune's forget accuracy moves toward retrain's at a fraction of retrain's cos
 Overrides: --config.dataset.name=retinamnist --config.forget.fraction=0.2 --config.algorithms=finetune ...
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from medunlearn_jax import algorithms
 from medunlearn_jax.algorithms import erm
@@ -39,9 +40,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 15.0
   del config.train['stream']
 
+  # Which training examples a deletion request names (medunlearn_jax/data/selectors.py). Each selector
+  # reads the fields it takes: random_fraction/random_count, patient_fraction/patient_count (all images of
+  # random patients), class (label), sex (sex, matched), age_range (min_age, max_age), difficulty (arm:
+  # easiest|hardest|random, scored by the original model's per-example loss), id_file/patient_file (path).
   config.forget = ml_collections.ConfigDict()
   config.forget.selector = 'random_fraction'
   config.forget.fraction = 0.1
+  config.forget.count = placeholder(int)
+  config.forget.label = placeholder(int)
+  config.forget.sex = placeholder(str)
+  config.forget.matched = placeholder(bool)
+  config.forget.min_age = placeholder(float)
+  config.forget.max_age = placeholder(float)
+  config.forget.arm = placeholder(str)
+  config.forget.path = placeholder(str)
+  config.forget.allow_partial_patients = placeholder(bool)
 
   # Comma-separated unlearning algorithms; original and retrain always run as references.
   config.algorithms = 'finetune'

@@ -105,14 +105,17 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 def per_example_loss(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
   """Cross-entropy per example (softmax for single-label, mean sigmoid BCE for multi-label)."""
   if multilabel:
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)), axis=-1)
+    # Labels < 0 mark findings to ignore (CheXpert's U-Ignore policy); they contribute no loss.
+    known = (labels >= 0).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.maximum(labels, 0).astype(jnp.float32))
+    return jnp.sum(bce * known, axis=-1) / jnp.maximum(jnp.sum(known, axis=-1), 1.0)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
 
 
 def correct(logits: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
   """Per-example correctness (multi-label: all labels right)."""
   if multilabel:
-    return jnp.all((logits > 0) == (labels > 0), axis=-1).astype(jnp.float32)
+    return jnp.all(((logits > 0) == (labels > 0)) | (labels < 0), axis=-1).astype(jnp.float32)
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 

@@ -81,10 +81,12 @@ def _params_of(fn: Selector) -> tuple[set[str], set[str]]:
 
 
 def select(train: ds_lib.Split, config_like: Mapping[str, Any], *, seed: int,
-           difficulty: np.ndarray | None = None) -> forget.ForgetManifest:
+           difficulty: np.ndarray | None = None, ignore_unused: bool = False) -> forget.ForgetManifest:
   """Dispatches on `config_like['selector']`, passing the other keys as parameters.
 
   Keys whose value is None are dropped, so one config schema can carry the fields of several selectors.
+  With `ignore_unused`, keys the selector does not take are dropped too (an experiment config carries the
+  fields of every selector; its keys are already checked by the locked ConfigDict).
   A ConfigDict is accepted as well as a Mapping.
 
   Raises:
@@ -98,6 +100,8 @@ def select(train: ds_lib.Split, config_like: Mapping[str, Any], *, seed: int,
   fn = get(str(name))
   params = {k: v for k, v in cfg.items() if v is not None}
   accepted, required = _params_of(fn)
+  if ignore_unused:
+    params = {k: v for k, v in params.items() if k in accepted}
   unknown = sorted(set(params) - accepted)
   if unknown:
     raise errors.UserError(f'forget selector {name!r} does not take {unknown}; it takes {sorted(accepted)}')
