@@ -6,7 +6,7 @@ Every algorithm (plain training, retraining, every unlearning method) runs throu
   batches are sharded along their leading axis (`NamedSharding`), so `jax.jit` inserts the gradient
   all-reduce;
 * the step `(state, batch, rng) -> (state, metrics)` is a pure function, compiled ahead of time once per
-  phase with the state donated;
+  distinct phase loss with the state donated;
 * batches are a deterministic function of (seed, stream, step): resuming from a checkpoint replays exactly
   the same data, so an interrupted run ends with the same parameters as an uninterrupted one;
 * each process gathers and transfers only its own slice of every global batch, and a background thread
@@ -143,18 +143,21 @@ def host_batch(split: ds_lib.Split, positions: np.ndarray, mask: np.ndarray) -> 
           'id': split.ids[positions]}
 
 
-def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Places this process's slice of a global host batch on its devices, sharded along 'data'."""
-  sharding = batch_sharded(mesh)
+def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: int = 0) -> dict[str, jax.Array]:
+  """Places this process's slice of a global host batch on its devices, sharded along 'data'.
+
+  `axis` is the batch axis (1 for the stacked batches of a model population, see `sweeps`).
+  """
+  sharding = NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
   n_proc, index = jax.process_count(), jax.process_index()
   out = {}
   for key, value in batch.items():
-    local = np.array_split(value, n_proc)[index] if n_proc > 1 else value
+    local = np.array_split(value, n_proc, axis=axis)[index] if n_proc > 1 else value
     out[key] = jax.make_array_from_process_local_data(sharding, local, value.shape)
   return out
 
 
-def _prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+def prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:  # pylint: disable=redefined-outer-name
   """Runs `iterator` in a background thread, `depth` items ahead (exceptions are re-raised here)."""
   q: queue.Queue = queue.Queue(maxsize=depth)
   sentinel = object()
@@ -222,7 +225,35 @@ def phase_steps(algorithm: base.Algorithm, sizes: Mapping[str, int], batch_size:
   return out
 
 
-def _flops(compiled) -> float:
+def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_steps: Sequence[int],
+                 batch_size: int, seeds: Sequence[int], start: int = 0, stacked: bool = False
+                 ) -> Iterator[tuple[int, int, dict[str, dict[str, np.ndarray]], int]]:
+  """The host batches of an algorithm's data plan from global step `start` on.
+
+  Yields (step, phase index, {stream: batch}, real examples). With one seed the batches are those of that
+  seed; with `stacked`, one batch per seed is stacked on a leading model axis (for `sweeps`), each model
+  walking its own seeded data order.
+  """
+  sizes = {k: len(v) for k, v in data.items()}
+  boundaries = np.cumsum(n_steps)
+  for t in range(start, int(boundaries[-1])):
+    phase_index = int(np.searchsorted(boundaries, t, side='right'))
+    phase = algorithm.phases[phase_index]
+    local_t = int(t - (boundaries[phase_index - 1] if phase_index else 0))
+    host, examples = {}, 0
+    for i, stream in enumerate(phase.streams):
+      per_seed = []
+      for seed in seeds:
+        pos, mask = batch_positions(sizes[stream], batch_size, local_t, seed=seed,
+                                    stream=f'{phase.name}/{stream}', driver=(i == 0))
+        per_seed.append(host_batch(data[stream], pos, mask))
+        examples += int(mask.sum())
+      host[stream] = ({k: np.stack([b[k] for b in per_seed]) for k in per_seed[0]} if stacked
+                      else per_seed[0])
+    yield t, phase_index, host, examples
+
+
+def compiled_flops(compiled) -> float:
   try:
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):
@@ -273,21 +304,13 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   base_rng = jax.random.key(options.seed)
   rep = replicated(mesh)
 
-  def batches_from(step0: int) -> Iterator[tuple[int, dict, int]]:
-    boundaries = np.cumsum(n_steps)
-    for t in range(step0, total):
-      phase_index = int(np.searchsorted(boundaries, t, side='right'))
-      phase = algorithm.phases[phase_index]
-      local_t = t - (boundaries[phase_index - 1] if phase_index else 0)
-      host, examples = {}, 0
-      for i, stream in enumerate(phase.streams):
-        pos, mask = batch_positions(sizes[stream], options.batch_size, int(local_t), seed=options.seed,
-                                    stream=f'{phase.name}/{stream}', driver=(i == 0))
-        host[stream] = host_batch(data[stream], pos, mask)
-        examples += int(mask.sum())
+  def batches_from(step0: int):
+    for t, phase_index, host, examples in plan_batches(algorithm, data, n_steps, options.batch_size,
+                                                       [options.seed], step0):
       yield t, phase_index, {k: to_device(v, mesh) for k, v in host.items()}, examples
 
-  compiled: dict[int, Any] = {}
+  # One program per distinct (loss, streams): phases that repeat a loss (SCRUB's alternating passes) share it.
+  compiled: dict[tuple[Any, tuple[str, ...]], tuple[Any, float]] = {}
   last_metrics: dict[str, jax.Array] | None = None
   last_step = start
 
@@ -305,25 +328,27 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
 
   t_log, step_log = time.perf_counter(), start
   loop_start = time.perf_counter()
-  for t, phase_index, batch, examples in _prefetch(batches_from(start), options.prefetch):
-    if phase_index not in compiled:
+  for t, phase_index, batch, examples in prefetch(batches_from(start), options.prefetch):
+    phase = algorithm.phases[phase_index]
+    key = (phase.loss, phase.streams)
+    if key not in compiled:
       t0 = time.perf_counter()
       rng_spec = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rep)
-      step_fn = make_step(algorithm.phases[phase_index], algorithm.tx)
-      compiled[phase_index] = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec).compile()
+      step_fn = make_step(phase, algorithm.tx)
+      program = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec).compile()
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
-      compiled_flops = _flops(compiled[phase_index])
-      meta.setdefault('flops_per_step', {})[algorithm.phases[phase_index].name] = compiled_flops
+      compiled[key] = (program, compiled_flops(program))
+    meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
     rng = jax.device_put(jax.random.fold_in(base_rng, t), rep)
-    state, metrics = compiled[phase_index](state, batch, rng)
+    state, metrics = compiled[key][0](state, batch, rng)
     if last_metrics is not None:  # Checked one step behind so the host never stalls the device queue.
       check_finite(last_metrics, t - 1)
     last_metrics, last_step = metrics, t + 1
     cost.steps += 1
     cost.examples += examples
-    cost.flops += meta['flops_per_step'][algorithm.phases[phase_index].name]
+    cost.flops += compiled[key][1]
     if on_step is not None:
       on_step(t + 1)
     done_step = t + 1
@@ -404,7 +429,7 @@ def predict_split(predict_fn, params: PyTree, split: ds_lib.Split, *, batch_size
       yield len(pos), to_device(host_batch(split, np.pad(pos, (0, batch_size - len(pos))), mask), mesh)
 
   pending = None
-  for count, batch in _prefetch(host_batches()):
+  for count, batch in prefetch(host_batches()):
     logits = predict_fn(params, batch)
     if pending is not None:
       outputs.append(np.asarray(pending[1])[:pending[0]])
