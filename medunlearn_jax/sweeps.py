@@ -50,7 +50,8 @@ def _stack(tree: PyTree, k: int) -> PyTree:
 def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree | None,
                    context: PyTree, *, mesh: jax.sharding.Mesh, options: engine.RunOptions,
                    seeds: Sequence[int], lr_scales: Sequence[float] | None = None,
-                   init_fn: Callable[[jax.Array], PyTree] | None = None) -> tuple[PyTree, engine.Cost]:
+                   init_fn: Callable[[jax.Array], PyTree] | None = None,
+                   vectorize: int | None = None) -> tuple[PyTree, engine.Cost]:
   """Trains K = len(seeds) models of one algorithm side by side in one jitted, vmapped program.
 
   Args:
@@ -62,6 +63,10 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
     seeds: one seed per model: its step rng and data order (and initialisation with `init_fn`).
     lr_scales: optional per-model learning-rate factors (default 1).
     init_fn: fresh initialisation per model from `jax.random.key(seed)` (retraining populations).
+    vectorize: how many models one vectorised step handles (`jax.lax.map`'s batch_size): None = all K
+      (plain `jax.vmap`, the default). On XLA:CPU a convolution vmapped over per-model kernels becomes a
+      grouped convolution, which is slower than K separate ones (benchmarks/sweep.py measures both; the
+      README has the figures); smaller values trade vectorisation for a loop inside the program.
 
   Returns:
     Parameters stacked on a leading model axis, and the population's total `Cost`.
@@ -111,7 +116,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
     rngs = jax.device_put(step_rngs(t), rep)
     if phase_index not in compiled:
       t0 = time.perf_counter()
-      vstep = jax.vmap(engine.make_step(phase, tx))
+      vstep = _population_step(engine.make_step(phase, tx), k, vectorize)
       compiled[phase_index] = jax.jit(vstep, donate_argnums=0).lower(state, batch, rngs).compile()
       cost.compile_seconds += time.perf_counter() - t0
       loop_start += time.perf_counter() - t0
@@ -130,6 +135,13 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   jax.block_until_ready(state)
   cost.seconds = time.perf_counter() - loop_start
   return state.params, cost
+
+
+def _population_step(step, k: int, vectorize: int | None):
+  if vectorize is None or vectorize >= k:
+    return jax.vmap(step)
+  return lambda state, batch, rngs: jax.lax.map(lambda args: step(*args), (state, batch, rngs),
+                                                batch_size=vectorize)
 
 
 def predict_population(problem: base.Problem, params: PyTree, split: ds_lib.Split, *, batch_size: int,
