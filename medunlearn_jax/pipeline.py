@@ -30,16 +30,18 @@ from medunlearn_jax import checkpoints as ckpt_lib
 from medunlearn_jax import engine
 from medunlearn_jax import errors
 from medunlearn_jax import models
+from medunlearn_jax import sweeps
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
 from medunlearn_jax.data import forget as forget_lib
 from medunlearn_jax.data import selectors
+from medunlearn_jax.evaluation import populations as populations_lib
 from medunlearn_jax.evaluation import results as results_lib
 
 # Config fields that may change between invocations on one workdir without invalidating what it holds:
 # which algorithms to run (each stage checks its own hyper-parameters) and logging/IO cadence.
 MUTABLE_FIELDS = ('algorithms', 'algo', 'log_every_steps', 'checkpoint_every_steps', 'eval_batch_size',
-                  'distributed', 'report')
+                  'distributed', 'report', 'populations')
 REFERENCE_STAGES = ('original', 'retrain')
 
 
@@ -280,27 +282,71 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                                        jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode())), env)
     trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context)
 
+  if c.populations.n > 0:
+    write_json(exp.workdir / 'populations.json', run_populations(exp, trained['original']))
   return evaluate(exp, trained, costs)
 
 
+def run_populations(exp: Experiment, original_params: Any) -> dict[str, Any]:
+  """N retrained and N unlearned models per algorithm, trained side by side (one vmapped program each),
+  compared per forget example: the NeurIPS 2023 challenge's forgetting quality and U-LiRA."""
+  c = exp.config
+  seeds = [c.seed * 1000 + 1 + i for i in range(c.populations.n)]  # Disjoint from the main run's seed.
+  kwargs = dict(batch_size=c.eval_batch_size, mesh=exp.mesh)
+  retrained, cost = sweeps.run_population(erm_algorithm(exp, 'retain'), {'retain': exp.splits['retain']}, None,
+                                          {}, mesh=exp.mesh, options=exp.options, seeds=seeds,
+                                          init_fn=exp.problem.init_fn)
+  reference = populations_lib.population_outputs(exp.problem, retrained, exp.splits, **kwargs)
+  out = {'seeds': seeds, 'retrain_cost': cost.to_json(), 'models': {}}
+  sizes = {k: len(v) for k, v in exp.splits.items()}
+  for name in algorithm_names(c):
+    algorithm = algorithms.get(name).build(exp.problem, c.algo[name], sizes, c.batch_size)
+    start, context = algorithm.prepare(original_params, exp.splits,
+                                       jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode())),
+                                       engine.Env(exp.mesh, c.batch_size, c.seed))
+    stacked, cost = sweeps.run_population(algorithm, exp.splits, start, context, mesh=exp.mesh,
+                                          options=exp.options, seeds=seeds)
+    outputs = populations_lib.population_outputs(exp.problem, stacked, exp.splits, **kwargs)
+    out['models'][name] = dict(populations_lib.compare(outputs, reference, exp.splits), cost=cost.to_json())
+    logging.info('population of %d %s models: forgetting quality %.3f', len(seeds), name,
+                 out['models'][name]['forgetting_quality'])
+  return out
+
+
 def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, engine.Cost]) -> dict[str, Any]:
-  """Predicts every split with every model (one compiled program), saves the outputs, writes results."""
+  """Predicts every split with every model, caches per-example outputs, computes and reports the results.
+
+  One compiled prediction program serves all models and splits; each model's per-example outputs (logits,
+  loss, prediction, confidence, entropy, metadata) go to `outputs/<model>.npz`, with the training-set
+  difficulty in the original model's. Every metric of results.json is then computed from those caches and
+  the stage costs alone, as `results_lib.evaluate_workdir` (and `python -m experiments.report`) would.
+  """
+  # pylint: disable=g-import-not-at-top
+  from medunlearn_jax.evaluation import cache as cache_lib
+  from medunlearn_jax.evaluation import report as report_lib
+  # pylint: enable=g-import-not-at-top
   predict = engine.make_predict(exp.problem, exp.mesh)
-  eval_splits = ('retain', 'forget', 'val', 'test')
-  outputs = {}
+  caches = {}
   for model_name, params in trained.items():
     logits = {s: engine.predict_split(predict, params, exp.splits[s], batch_size=exp.config.eval_batch_size,
-                                      mesh=exp.mesh) for s in eval_splits}
-    outputs[model_name] = logits
-    if is_writer():
-      results_lib.save_outputs(exp.workdir / 'outputs' / f'{model_name}.npz', logits, exp.splits)
-  results = results_lib.build_results(exp.info, exp.splits, outputs, {k: v.to_json() for k, v in costs.items()})
-  results['config'] = {'dataset': exp.config.dataset.name, 'image_size': exp.config.dataset.image_size,
-                       'model': exp.config.model.name, 'seed': exp.config.seed,
-                       'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size}
-  write_json(exp.workdir / 'results.json', results)
-  table = results_lib.markdown_table(results)
+                                      mesh=exp.mesh) for s in results_lib.EVAL_SPLITS}
+    caches[model_name] = cache_lib.build_cache(logits, exp.splits)
+  if 'original' in caches:
+    # Per-epoch correctness of the original model (learning-dynamics difficulty) plugs in here, when
+    # recorded: add_difficulty(cache, correct_per_epoch=(E, N) bool, epoch_ids=(N,) train ids).
+    caches['original'] = cache_lib.add_difficulty(caches['original'])
+  cost_json = {k: v.to_json() for k, v in costs.items()}
+  c = exp.config
+  info = {'dataset': exp.info.name, 'task': exp.info.task, 'num_classes': exp.info.num_classes,
+          'class_names': list(exp.info.class_names),
+          'config': {'dataset': c.dataset.name, 'image_size': c.dataset.image_size, 'model': c.model.name,
+                     'seed': c.seed, 'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size}}
   if is_writer():
-    (exp.workdir / 'results.md').write_text(table + '\n')
-  print(table)
+    results_lib.save_run(exp.workdir, caches, cost_json, info)
+  results = results_lib.evaluate_caches(caches, cost_json, info=info,
+                                        populations=results_lib.load_populations(exp.workdir), seed=c.seed)
+  if is_writer():
+    results_lib.write_json(exp.workdir / results_lib.RESULTS_FILE, results)
+    report_lib.write_report(exp.workdir, results, plots=c.get('report', True))
+  print(report_lib.markdown_table(results))
   return results

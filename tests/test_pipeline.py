@@ -152,3 +152,14 @@ def test_real_breastmnist_pipeline(tmp_path, shared_data, monkeypatch):
   assert results['models']['original']['test']['n'] == 156
   assert len(json.loads((tmp_path / 'run' / 'forget_manifest.json').read_text())['ids']) == 55  # 10 % of 546.
   assert results['models']['original']['test']['accuracy'] > 0.6
+
+
+def test_populations_give_forgetting_quality_and_ulira(tmp_path, synthetic_medmnist):
+  config = small_config(**{'populations.n': 3})
+  pipeline.run_experiment(config, tmp_path / 'run')
+  populations = json.loads((tmp_path / 'run' / 'populations.json').read_text())
+  entry = populations['models']['finetune']
+  assert entry['n_models'] == 3 and len(populations['seeds']) == 3
+  assert 0.0 <= entry['forgetting_quality'] <= 1.0
+  assert 0.0 <= entry['ulira']['accuracy'] <= 1.0
+  assert entry['cost']['steps'] > 0 and populations['retrain_cost']['examples'] == 3 * 2 * 216

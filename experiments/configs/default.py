@@ -61,6 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.algorithms = 'finetune'
   config.algo = algorithms.default_configs()
 
+  # Populations of N retrained and N unlearned models per algorithm (one vmapped program each) for the
+  # NeurIPS 2023 challenge's per-example forgetting quality and U-LiRA; 0 = off (N=8+ on a CPU costs about
+  # N retrains; 128+ on a GPU).
+  config.populations = ml_collections.ConfigDict()
+  config.populations.n = 0
+
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.distributed = False           # Call jax.distributed.initialize() (multi-host runs).
