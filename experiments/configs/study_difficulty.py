@@ -1,0 +1,19 @@
+r"""Study 3, difficulty: forget the easiest, the hardest, or a random tercile of the training set, scored by
+the original model's per-example loss; report per arm.
+
+Command:
+  MEDUNLEARN_DATA_DIR=../shared/data .venv/bin/python -m experiments.study \
+      --config=experiments/configs/study_difficulty.py --workdir=runs/study_difficulty
+Expected runtime: about 8 minutes on a 2-core CPU (RetinaMNIST 28 px, small CNN, 2 seeds); 1 minute on a GPU.
+Expected result (the paper's finding): algorithms can be biased toward easy or hard samples — forgetting the
+hardest tercile moves forget accuracy furthest from the original, and the gap to retrain differs by arm.
+"""
+from experiments.configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'retinamnist'
+  config.algorithms = 'finetune,neggrad_plus,salun,scrub'
+  config.study = dict(kind='difficulty', fraction=0.333, seeds=[0, 1])
+  return config

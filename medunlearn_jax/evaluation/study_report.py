@@ -1,0 +1,98 @@
+"""Tables and plots of a study (`studies.run_study`): mean ± std over seeds per arm and algorithm."""
+from __future__ import annotations
+
+import math
+import pathlib
+import re
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+TABLE_METRICS = ('forget_acc', 'retain_acc', 'test_acc', 'avg_gap', 'mia_efficacy', 'seconds')
+
+
+def _pm(stat: Mapping[str, float], scale: float = 100.0) -> str:
+  mean, std = stat.get('mean', math.nan), stat.get('std', math.nan)
+  if mean is None or math.isnan(mean):
+    return '–'
+  return f'{mean * scale:.2f} ± {std * scale:.2f}'
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+  """One table: rows (arm, model), columns the study metrics as mean ± std (accuracies in %)."""
+  header = ['arm', 'model'] + [m for m in TABLE_METRICS]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for arm, models in summary['arms'].items():
+    for model, metrics in models.items():
+      cells = [_pm(metrics[m], 1.0 if m == 'seconds' else 100.0) for m in TABLE_METRICS]
+      lines.append('| ' + ' | '.join([arm, model] + cells) + ' |')
+  text = [f'# Study: {summary.get("kind")} (seeds {summary.get("seeds")})', '', *lines]
+  if 'sex_gap' in summary:
+    text += ['', '## Forget-accuracy gap to retrain by sex arm (bootstrap 95 % CI over forget examples)', '',
+             '| model | F gap | M gap | F − M | differs? |', '|---|---|---|---|---|']
+    for model, entry in summary['sex_gap'].items():
+      arms = [k for k in entry if k.startswith('sex_')]
+      f, m = entry[arms[0]], entry[arms[1]]
+      d = entry['difference_f_minus_m']
+      text.append(f'| {model} | {f["gap"]:.3f} [{f["ci95"][0]:.3f}, {f["ci95"][1]:.3f}] | '
+                  f'{m["gap"]:.3f} [{m["ci95"][0]:.3f}, {m["ci95"][1]:.3f}] | '
+                  f'{d["value"]:+.3f} [{d["ci95"][0]:+.3f}, {d["ci95"][1]:+.3f}] | '
+                  f'{"yes" if d["differs"] else "no"} |')
+  return '\n'.join(text) + '\n'
+
+
+def _size_of(arm: str) -> tuple[str, float] | None:
+  match = re.fullmatch(r'(images|patients)_([0-9.eE+-]+)', arm)
+  return (match.group(1), float(match.group(2))) if match else None
+
+
+def plot(summary: Mapping[str, Any], path: pathlib.Path) -> None:
+  """Forget size: test accuracy and Avg. Gap over forget fraction (retrain dashed). Other studies: bars per
+  arm of forget/test accuracy and Avg. Gap with std error bars."""
+  arms = summary['arms']
+  models = sorted({m for a in arms.values() for m in a})
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  metrics = ('test_acc', 'forget_acc', 'avg_gap')
+  if summary.get('kind') == 'forget_size':
+    for ax, metric in zip(axes, metrics):
+      for model in models:
+        for kind in ('images', 'patients'):
+          points = sorted((s[1], arms[a][model][metric]) for a in arms if (s := _size_of(a)) and s[0] == kind
+                          and model in arms[a])
+          if not points:
+            continue
+          xs = [p[0] * 100 for p in points]
+          ys = [p[1]['mean'] for p in points]
+          es = [p[1]['std'] for p in points]
+          style = '--' if model == 'retrain' else '-'
+          ax.errorbar(xs, ys, yerr=es, fmt=style + ('o' if kind == 'images' else 's'), capsize=3,
+                      label=f'{model} ({kind})')
+      ax.set_xlabel('forget set size (% of training set)')
+      ax.set_title(metric)
+      ax.grid(alpha=0.3)
+  else:
+    names = list(arms)
+    width = 0.8 / max(len(models), 1)
+    for ax, metric in zip(axes, metrics):
+      for i, model in enumerate(models):
+        ys = [arms[a].get(model, {}).get(metric, {}).get('mean', math.nan) for a in names]
+        es = [arms[a].get(model, {}).get(metric, {}).get('std', math.nan) for a in names]
+        ax.bar([j + i * width for j in range(len(names))], ys, width, yerr=es, capsize=2, label=model,
+               hatch='//' if model == 'retrain' else None)
+      ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(names))], names, rotation=15)
+      ax.set_title(metric)
+      ax.grid(alpha=0.3, axis='y')
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f'Study: {summary.get("kind")} — mean ± std over seeds {summary.get("seeds")}')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(workdir: pathlib.Path, summary: Mapping[str, Any]) -> None:
+  """Writes study.md and study.png into the study's workdir."""
+  (workdir / 'study.md').write_text(markdown(summary))
+  plot(summary, workdir / 'study.png')

@@ -1,0 +1,65 @@
+"""Studies: arms × seeds of ordinary runs, a shared original model per seed, mean ± std aggregates."""
+import json
+
+import ml_collections
+import pytest
+
+from medunlearn_jax import errors
+from medunlearn_jax import studies
+from test_pipeline import small_config
+
+
+def study_config(kind, **study):
+  config = small_config()
+  config.algorithms = 'finetune'
+  config.study = ml_collections.ConfigDict(dict(kind=kind, seeds=[0], **study))
+  return config
+
+
+def test_forget_size_study_shares_the_original_and_aggregates(tmp_path, synthetic_medmnist):
+  config = study_config('forget_size', fractions=[0.1, 0.25], patients=False)
+  summary = studies.run_study(config, tmp_path)
+  assert set(summary['arms']) == {'images_0.1', 'images_0.25'}
+  manifests = [json.loads((tmp_path / arm / 'seed0' / 'forget_manifest.json').read_text())
+               for arm in ('images_0.1', 'images_0.25')]
+  assert [m['count'] for m in manifests] == [24, 60]
+  # The second arm loaded the first arm's original model instead of training it again.
+  results = [json.loads((tmp_path / arm / 'seed0' / 'results.json').read_text())
+             for arm in ('images_0.1', 'images_0.25')]
+  assert results[0]['models']['original']['test'] == results[1]['models']['original']['test']
+  stat = summary['arms']['images_0.25']['finetune']['test_acc']
+  assert stat['values'] == [results[1]['models']['finetune']['test']['accuracy']] and stat['std'] == 0.0
+  assert (tmp_path / 'study.md').read_text().startswith('# Study: forget_size')
+  assert (tmp_path / 'study.png').stat().st_size > 10_000
+
+
+def test_difficulty_study_arms_have_equal_sizes_and_differ(tmp_path, synthetic_medmnist):
+  summary = studies.run_study(study_config('difficulty', fraction=0.2), tmp_path)
+  manifests = {arm: json.loads((tmp_path / arm / 'seed0' / 'forget_manifest.json').read_text())
+               for arm in summary['arms']}
+  assert {m['count'] for m in manifests.values()} == {48}
+  assert manifests['difficulty_easiest']['ids'] != manifests['difficulty_hardest']['ids']
+
+
+def test_unknown_study_kind(tmp_path):
+  with pytest.raises(errors.ConfigError, match='unknown study kind'):
+    studies.run_study(study_config('nope'), tmp_path)
+
+
+def test_sex_study_on_real_ham10000(tmp_path, shared_data, monkeypatch):
+  monkeypatch.setenv('MEDUNLEARN_DATA_DIR', str(shared_data))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  config = study_config('sex', fraction=0.05)
+  config.dataset.name = 'ham10000'
+  config.dataset.task = 'binary'
+  config.train.epochs = 1.0
+  config.batch_size = 256
+  config.eval_batch_size = 1024
+  summary = studies.run_study(config, tmp_path / 'study')
+  sizes = {arm: json.loads((tmp_path / 'study' / arm / 'seed0' / 'forget_manifest.json').read_text())['count']
+           for arm in ('sex_F', 'sex_M')}
+  assert sizes['sex_F'] == sizes['sex_M'] > 0
+  entry = summary['sex_gap']['finetune']
+  lo, hi = entry['difference_f_minus_m']['ci95']
+  assert lo <= entry['difference_f_minus_m']['value'] <= hi or entry['difference_f_minus_m']['differs']
+  assert 'F − M' in (tmp_path / 'study' / 'study.md').read_text()
