@@ -192,9 +192,12 @@ def prefetch(iterator: Iterator[Any], depth: int = 2) -> Iterator[Any]:  # pylin
 
 @dataclasses.dataclass
 class Cost:
-  """What a stage cost: loop wall-clock seconds without compilation, compile seconds, optimizer steps,
-  examples processed (real, unpadded rows over all streams), and XLA's FLOP estimate."""
+  """What a stage cost: wall-clock seconds without compilation (the training loop plus the algorithm's
+  set-up, e.g. a saliency or Fisher pass, also counted alone as `prepare_seconds`), compile seconds,
+  optimizer steps, examples processed (real, unpadded rows over all streams), and XLA's FLOP estimate of
+  the steps."""
   seconds: float = 0.0
+  prepare_seconds: float = 0.0
   compile_seconds: float = 0.0
   steps: int = 0
   examples: int = 0
@@ -236,7 +239,7 @@ def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_
   """
   sizes = {k: len(v) for k, v in data.items()}
   boundaries = np.cumsum(n_steps)
-  for t in range(start, int(boundaries[-1])):
+  for t in range(start, int(boundaries[-1]) if len(boundaries) else 0):
     phase_index = int(np.searchsorted(boundaries, t, side='right'))
     phase = algorithm.phases[phase_index]
     local_t = int(t - (boundaries[phase_index - 1] if phase_index else 0))
@@ -265,8 +268,8 @@ def compiled_flops(compiled) -> float:
 
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
         *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
-        meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None
-        ) -> tuple[PyTree, Cost]:
+        meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
+        prepare_seconds: float = 0.0) -> tuple[PyTree, Cost]:
   """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
 
   Args:
@@ -278,6 +281,8 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     checkpoints: where to save/resume; None runs without checkpoints.
     meta: extra metadata stored with every checkpoint (e.g. hyper-parameters, data fingerprint).
     on_step: called with the global step after each step (used by tests to simulate a crash).
+    prepare_seconds: time the algorithm's `prepare` took, added to a fresh run's cost (a resumed run
+      keeps the cost recorded in its checkpoint).
 
   Returns:
     The final parameters (replicated on the mesh) and the accumulated `Cost`.
@@ -294,7 +299,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   n_steps = phase_steps(algorithm, sizes, options.batch_size)
   total = sum(n_steps)
   state = create_state(algorithm.tx, params, context, mesh)
-  cost = Cost()
+  cost = Cost(seconds=prepare_seconds, prepare_seconds=prepare_seconds)
   meta = dict(meta or {})
   if checkpoints is not None and checkpoints.latest_step() is not None:
     state, saved = checkpoints.restore(ckpt_lib.abstract_like(state))

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import time
 import zlib
 from typing import Any, Mapping
 
@@ -190,7 +191,8 @@ def check_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
 
 
 def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split],
-              params: Any, context: Any, on_step=None) -> tuple[Any, engine.Cost]:
+              params: Any, context: Any, on_step=None, prepare_seconds: float = 0.0
+              ) -> tuple[Any, engine.Cost]:
   """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
   checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
   meta = {'stage': stage, 'algorithm': algorithm.name, 'hparams': _normalised(algorithm.hparams)}
@@ -199,7 +201,7 @@ def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapp
     logging.info('stage %s: %s', stage, 'starting' if saved is None else
                  ('finished earlier, loading' if saved.get('done') else 'resuming'))
     return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
-                      checkpoints=checkpoints, meta=meta, on_step=on_step)
+                      checkpoints=checkpoints, meta=meta, on_step=on_step, prepare_seconds=prepare_seconds)
   finally:
     checkpoints.close()
 
@@ -257,32 +259,45 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   return Experiment(config, workdir, info, splits, make_problem(config, info), mesh)
 
 
-def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs the whole pipeline and returns the results dict (also written to workdir/results.json)."""
+def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLike
+                     ) -> tuple[Experiment, dict[str, Any], dict[str, engine.Cost]]:
+  """Set-up, the original model, the forget set and the retrained model (each resumed or loaded if done)."""
   exp = setup(config, workdir)
-  c = exp.config
   init = init_params(exp)
   trained: dict[str, Any] = {}
   costs: dict[str, engine.Cost] = {}
-
   trained['original'], costs['original'] = run_stage(exp, 'original', erm_algorithm(exp, 'train'),
                                                      exp.splits, init, {})
   manifest = forget_manifest(exp, trained['original'])
   retain, forget = forget_lib.split_train(exp.splits['train'], manifest)
   exp.splits.update(retain=retain, forget=forget)
-
   forget_lib.check_disjoint(retain, manifest)  # The retrained model provably never sees forgotten data.
   trained['retrain'], costs['retrain'] = run_stage(exp, 'retrain', erm_algorithm(exp, 'retain'),
                                                    {'retain': retain}, init, {})
-  sizes = {k: len(v) for k, v in exp.splits.items()}
-  for name in algorithm_names(c):
-    algorithm = algorithms.get(name).build(exp.problem, c.algo[name], sizes, c.batch_size)
-    env = engine.Env(exp.mesh, c.batch_size, c.seed)
-    start, context = algorithm.prepare(trained['original'], exp.splits,
-                                       jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode())), env)
-    trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context)
+  return exp, trained, costs
 
-  if c.populations.n > 0:
+
+def build_algorithm(exp: Experiment, name: str, original_params: Any,
+                    hparams: ml_collections.ConfigDict | None = None) -> tuple[base.Algorithm, Any, Any, float]:
+  """An algorithm of the run with its starting parameters, context and the seconds `prepare` took."""
+  c = exp.config
+  sizes = {k: len(v) for k, v in exp.splits.items()}
+  algorithm = algorithms.get(name).build(exp.problem, hparams or c.algo[name], sizes, c.batch_size)
+  rng = jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode()))
+  t0 = time.perf_counter()
+  start, context = algorithm.prepare(original_params, exp.splits, rng, engine.Env(exp.mesh, c.batch_size, c.seed))
+  jax.block_until_ready((start, context))
+  return algorithm, start, context, time.perf_counter() - t0
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Runs the whole pipeline and returns the results dict (also written to workdir/results.json)."""
+  exp, trained, costs = train_references(config, workdir)
+  for name in algorithm_names(exp.config):
+    algorithm, start, context, prepare_seconds = build_algorithm(exp, name, trained['original'])
+    trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context,
+                                           prepare_seconds=prepare_seconds)
+  if exp.config.populations.n > 0:
     write_json(exp.workdir / 'populations.json', run_populations(exp, trained['original']))
   return evaluate(exp, trained, costs)
 
@@ -298,12 +313,8 @@ def run_populations(exp: Experiment, original_params: Any) -> dict[str, Any]:
                                           init_fn=exp.problem.init_fn)
   reference = populations_lib.population_outputs(exp.problem, retrained, exp.splits, **kwargs)
   out = {'seeds': seeds, 'retrain_cost': cost.to_json(), 'models': {}}
-  sizes = {k: len(v) for k, v in exp.splits.items()}
   for name in algorithm_names(c):
-    algorithm = algorithms.get(name).build(exp.problem, c.algo[name], sizes, c.batch_size)
-    start, context = algorithm.prepare(original_params, exp.splits,
-                                       jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode())),
-                                       engine.Env(exp.mesh, c.batch_size, c.seed))
+    algorithm, start, context, _ = build_algorithm(exp, name, original_params)
     stacked, cost = sweeps.run_population(algorithm, exp.splits, start, context, mesh=exp.mesh,
                                           options=exp.options, seeds=seeds)
     outputs = populations_lib.population_outputs(exp.problem, stacked, exp.splits, **kwargs)

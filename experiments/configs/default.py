@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.populations = ml_collections.ConfigDict()
   config.populations.n = 0
 
+  config.report = True                 # Write the PNG plots with results.md/csv (python -m experiments.report).
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   config.distributed = False           # Call jax.distributed.initialize() (multi-host runs).

@@ -7,10 +7,12 @@ I_f > α·I_D is multiplied by β = min(λ·I_D / I_f, 1); all other weights are
 Importances follow the paper's code: the squared gradient of each batch's mean cross-entropy (batches of
 the run's batch size, the last one partial), averaged over batches, on the original model in eval mode.
 Both are data-parallel sums over their set (`Env.reduce`). The whole edit happens in `prepare`; the data
-plan is empty (no phases), so the engine takes no step and the optimizer (`optax.set_to_zero`) never runs.
+plan is one phase of zero steps (no data stream), so the engine takes no step, compiles nothing, and the
+optimizer (`optax.set_to_zero`) never runs.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -34,18 +36,24 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def importances(problem: base.Problem, params: PyTree, split: Any, env: Any) -> PyTree:
-  """Mean over the batches of `split` of the squared gradient of the batch's mean cross-entropy."""
+@functools.lru_cache(maxsize=None)
+def _squared_grad(problem: base.Problem):
+  """`fn(params, batch)` for `Env.reduce`, one function object per problem so its compilation is reused."""
 
-  def squared_grad(p, batch):
-    def mean_loss(q):
-      logits = base.forward(problem, q, batch, train=False)
+  def squared_grad(params, batch):
+    def mean_loss(p):
+      logits = base.forward(problem, p, batch, train=False)
       return base.masked_mean(base.per_example_loss(logits, batch['label'], problem.multilabel),
                               batch['mask'])
-    return jax.tree.map(jnp.square, jax.grad(mean_loss)(p))
+    return jax.tree.map(jnp.square, jax.grad(mean_loss)(params))
 
+  return squared_grad
+
+
+def importances(problem: base.Problem, params: PyTree, split: Any, env: Any) -> PyTree:
+  """Mean over the batches of `split` of the squared gradient of the batch's mean cross-entropy."""
   batches = math.ceil(len(split) / env.batch_size)
-  return jax.tree.map(lambda x: x / batches, env.reduce(squared_grad, params, split))
+  return jax.tree.map(lambda x: x / batches, env.reduce(_squared_grad(problem), params, split))
 
 
 @jax.jit
@@ -61,6 +69,14 @@ def dampen(params: PyTree, train_importance: PyTree, forget_importance: PyTree, 
   return jax.tree.map(one, params, train_importance, forget_importance)
 
 
+def _no_loss(params, batches, context, rng):
+  del params, batches, context, rng
+  return jnp.zeros(()), {}
+
+
+NO_STEPS = base.Phase(loss=_no_loss, streams=(), steps=0, name='none')  # A data plan without steps.
+
+
 def build(problem, hp, sizes, batch_size) -> base.Algorithm:
   del sizes, batch_size
   if hp.alpha <= 0 or hp.lam <= 0:
@@ -72,7 +88,7 @@ def build(problem, hp, sizes, batch_size) -> base.Algorithm:
     forget_importance = importances(problem, params, data['forget'], env)
     return dampen(params, train_importance, forget_importance, hp.alpha, hp.lam), {}
 
-  return base.Algorithm(name='ssd', phases=(), tx=optax.with_extra_args_support(optax.set_to_zero()),
+  return base.Algorithm(name='ssd', phases=(NO_STEPS,), tx=optax.with_extra_args_support(optax.set_to_zero()),
                         prepare=prepare, hparams=hp.to_dict())
 
 

@@ -72,8 +72,9 @@ def learn_noise(problem: base.Problem, hp: ml_collections.ConfigDict, params: Py
   classes = np.unique(forget.labels)
   labels = jnp.asarray(np.repeat(classes, hp.noise_per_class), jnp.int32)
   init = jax.random.normal(rng, (len(labels), *forget.images.shape[1:]), jnp.float32)
-  options = engine.RunOptions(seed=env.seed, batch_size=env.batch_size, log_every_steps=max(hp.noise_steps, 1),
-                              checkpoint_every_steps=max(hp.noise_steps, 1))
+  quiet = max(hp.noise_steps, 1)  # Log once, at the end; nothing to checkpoint (no checkpoints given).
+  options = engine.RunOptions(seed=env.seed, batch_size=env.batch_size, log_every_steps=quiet,
+                              checkpoint_every_steps=quiet)
   noise, _ = engine.run(noise_algorithm(problem, hp), {}, init, {_MODEL: params, NOISE_LABELS: labels},
                         mesh=env.mesh, options=options)
   return noise, labels

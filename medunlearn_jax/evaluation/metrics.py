@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from scipy import special
-from sklearn import metrics as sk_metrics
 
 
 def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +106,11 @@ def balanced_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   scikit-learn's `balanced_accuracy_score` (unadjusted). Classes absent from `labels` are left out rather
   than counted as 0, so a test split without some class is not penalised. NaN for an empty set.
   """
-  recalls = [v for v in per_class_accuracy(logits, labels).values() if not math.isnan(v)]
-  return float(np.mean(recalls)) if recalls else math.nan
+  logits, labels = _check(logits, labels)
+  if labels.size == 0:
+    return math.nan
+  return float(weighted_balanced_accuracy(_unit_weights(labels.size), predictions(logits) == labels, labels,
+                                          logits.shape[1])[0])
 
 
 def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -120,13 +122,12 @@ def macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
   logits, labels = _check(logits, labels)
   if labels.size == 0:
     return math.nan
-  return float(sk_metrics.f1_score(labels, predictions(logits), average='macro', zero_division=0.0))
+  return float(weighted_macro_f1(_unit_weights(labels.size), predictions(logits), labels, logits.shape[1])[0])
 
 
-def _binary_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
-  if is_positive.all() or not is_positive.any():
-    return math.nan
-  return float(sk_metrics.roc_auc_score(is_positive, score))
+def binary_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
+  """ROC AUC of `score` for the boolean target `is_positive`; NaN without both classes (`weighted_binary_auc`)."""
+  return float(weighted_binary_auc(_unit_weights(np.size(is_positive)), is_positive, score)[0])
 
 
 def roc_auc(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -139,12 +140,102 @@ def roc_auc(logits: np.ndarray, labels: np.ndarray) -> float:
   classes (or is empty), where the AUC is undefined.
   """
   logits, labels = _check(logits, labels)
+  return float(weighted_roc_auc(_unit_weights(labels.size), logits, labels)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weighted forms: each metric for B rows of per-example weights at once, (B, N) -> (B,). A bootstrap
+# replicate is the multiplicity of every example in the resample, so all replicates of a bootstrap are
+# evaluated in one vectorised call (`slices.slice_metric(..., weighted=True)`). With unit weights they are the
+# metrics above, which call them: one implementation per metric.
+
+
+def _unit_weights(n: int) -> np.ndarray:
+  return np.ones((1, n))
+
+
+def _row_nanmean(values: np.ndarray) -> np.ndarray:
+  """Mean of the non-NaN entries of each row, NaN for a row without any (no RuntimeWarning)."""
+  finite = ~np.isnan(values)
+  count = finite.sum(axis=1)
+  total = np.where(finite, values, 0.0).sum(axis=1)
+  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _onehot(ids: np.ndarray, num_classes: int) -> np.ndarray:
+  return (np.asarray(ids, np.int64)[:, None] == np.arange(num_classes)).astype(np.float64)
+
+
+def weighted_balanced_accuracy(weights: np.ndarray, correct: np.ndarray, labels: np.ndarray,
+                               num_classes: int) -> np.ndarray:
+  """`balanced_accuracy` per row of weights: mean over classes with weight of Σw·correct / Σw in the class."""
+  weights = np.asarray(weights, np.float64)
+  in_class = _onehot(labels, num_classes)
+  support = weights @ in_class
+  right = weights @ (in_class * np.asarray(correct, np.float64)[:, None])
+  with np.errstate(invalid='ignore', divide='ignore'):
+    recall = np.where(support > 0, right / support, np.nan)
+  return _row_nanmean(recall)
+
+
+def weighted_macro_f1(weights: np.ndarray, pred: np.ndarray, labels: np.ndarray, num_classes: int
+                      ) -> np.ndarray:
+  """`macro_f1` per row of weights. Per class F1 = 2TP / (2TP + FP + FN) = 2TP / (#predicted + #true), which
+  equals 2PR/(P+R) where that is defined and is 0 when TP = 0 (scikit-learn's `zero_division=0`); the mean
+  runs over the classes predicted or true with positive weight."""
+  weights = np.asarray(weights, np.float64)
+  true, predicted = _onehot(labels, num_classes), _onehot(pred, num_classes)
+  tp = weights @ (true * predicted)
+  denominator = weights @ true + weights @ predicted
+  with np.errstate(invalid='ignore', divide='ignore'):
+    f1 = np.where(denominator > 0, 2.0 * tp / denominator, np.nan)
+  return _row_nanmean(f1)
+
+
+def weighted_binary_auc(weights: np.ndarray, is_positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+  """ROC AUC of `score` for the boolean target `is_positive`, per row of example weights.
+
+  The Mann-Whitney form (Hanley & McNeil, Radiology 1982): AUC = P(score of a positive > score of a
+  negative) + P(tie) / 2, pairs weighted by w_i w_j. It equals the trapezoidal area under the empirical ROC
+  curve (scikit-learn's `roc_auc_score`), ties included. The scores are sorted once; each row then needs one
+  cumulative sum over the runs of tied scores. NaN for a row without positive or without negative weight.
+  """
+  weights = np.asarray(weights, np.float64)
+  is_positive = np.asarray(is_positive, bool)
+  if is_positive.size == 0:
+    return np.full(weights.shape[0], np.nan)
+  order = np.argsort(np.asarray(score, np.float64), kind='stable')
+  sorted_score = np.asarray(score, np.float64)[order]
+  starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # runs of tied scores
+  w = weights[:, order]
+  pos = np.add.reduceat(w * is_positive[order], starts, axis=1)
+  neg = np.add.reduceat(w * ~is_positive[order], starts, axis=1)
+  neg_below = np.cumsum(neg, axis=1) - neg
+  wins = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
+  n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
+
+
+def weighted_roc_auc(weights: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """`roc_auc` per row of weights (binary: class-1 probability; else one-vs-rest macro over the classes
+  with both positive and negative weight)."""
   probs = softmax(logits)
-  if logits.shape[1] == 2:
-    return _binary_auc(labels == 1, probs[:, 1])
-  aucs = [_binary_auc(labels == c, probs[:, c]) for c in range(logits.shape[1])]
-  aucs = [a for a in aucs if not math.isnan(a)]
-  return float(np.mean(aucs)) if aucs else math.nan
+  labels = np.asarray(labels, np.int64)
+  if probs.shape[1] == 2:
+    return weighted_binary_auc(weights, labels == 1, probs[:, 1])
+  per_class = np.stack([weighted_binary_auc(weights, labels == c, probs[:, c]) for c in range(probs.shape[1])],
+                       axis=1)
+  return _row_nanmean(per_class)
+
+
+def weighted_multilabel_auc(weights: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """`multilabel_auc` per row of weights: unknown (-1) entries get weight 0 for their label."""
+  logits, labels = _check_multilabel(logits, labels)
+  weights = np.asarray(weights, np.float64)
+  per_label = np.stack([weighted_binary_auc(weights * (labels[:, j] >= 0), labels[:, j] == 1, logits[:, j])
+                        for j in range(labels.shape[1])], axis=1)
+  return _row_nanmean(per_label)
 
 
 def unlearning_accuracy(forget_acc: float) -> float:
@@ -176,4 +267,96 @@ def summary(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[st
   }
   for c, acc in per_class_accuracy(logits, labels, num_classes).items():
     out[f'accuracy_class_{c}'] = acc
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multi-label tasks (sigmoid outputs): labels (N, L) in {0, 1}, with -1 marking a label to ignore (CheXpert's
+# U-Ignore policy), as in the training loss `algorithms.base.per_example_loss`.
+
+
+def _check_multilabel(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  logits = np.asarray(logits, dtype=np.float64)
+  labels = np.asarray(labels)
+  if logits.ndim != 2 or labels.shape != logits.shape:
+    raise ValueError(f'multi-label logits and labels must both be (N, L), got {logits.shape} and {labels.shape}')
+  if labels.size and (labels.min() < -1 or labels.max() > 1):
+    raise ValueError(f'multi-label labels must be in {{-1, 0, 1}}, got range [{labels.min()}, {labels.max()}]')
+  return logits, labels.astype(np.int64)
+
+
+def multilabel_per_example(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-example quantities of a multi-label model, each (N,) except `pred` (N, L).
+
+  * loss: mean binary cross-entropy over the known labels, log(1 + e^z) - y z (the training loss; 0 for an
+    example without a known label, as there);
+  * confidence: exp(-loss), the geometric mean over known labels of the probability given to the true value,
+    the sigmoid counterpart of the softmax true-class confidence used by the MIAs;
+  * entropy: mean over all labels of the binary entropy (nats) of sigmoid(z);
+  * pred: 1 where z > 0 (probability above 1/2);
+  * correct: exact match, every known label right (the training accuracy of `algorithms.base.correct`).
+  """
+  logits, labels = _check_multilabel(logits, labels)
+  known = labels >= 0
+  bce = np.logaddexp(0.0, logits) - np.maximum(labels, 0) * logits
+  loss = np.sum(bce * known, axis=1) / np.maximum(known.sum(axis=1), 1)
+  log_p, log_q = -np.logaddexp(0.0, -logits), -np.logaddexp(0.0, logits)  # log σ(z), log(1 - σ(z))
+  binary_entropy = -(np.exp(log_p) * log_p + np.exp(log_q) * log_q)
+  pred = (logits > 0).astype(np.int64)
+  correct = np.all((pred == labels) | ~known, axis=1)
+  return {'loss': loss, 'confidence': np.exp(-loss), 'entropy': binary_entropy.mean(axis=1), 'pred': pred,
+          'correct': correct}
+
+
+def multilabel_label_aucs(logits: np.ndarray, labels: np.ndarray) -> list[float]:
+  """ROC AUC of each label on that label's known entries (NaN for a label without both values). The logit
+  ranks like the sigmoid probability but does not saturate to ties in float32."""
+  logits, labels = _check_multilabel(logits, labels)
+  return [binary_auc(labels[labels[:, j] >= 0, j] == 1, logits[labels[:, j] >= 0, j])
+          for j in range(labels.shape[1])]
+
+
+def _nanmean(values: list[float]) -> float:
+  return float(_row_nanmean(np.asarray([values], np.float64))[0]) if values else math.nan
+
+
+def multilabel_auc(logits: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over labels of the per-label ROC AUC (the ChestX-ray14 / CheXpert convention, e.g. Wang et al.,
+  "ChestX-ray8", CVPR 2017) on each label's known entries; labels without both values are left out; NaN if
+  none is left."""
+  return float(weighted_multilabel_auc(_unit_weights(np.shape(labels)[0]), logits, labels)[0])
+
+
+def multilabel_summary(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """The multi-label counterpart of `summary`, flat and JSON-serialisable.
+
+  Keys: n; accuracy = exact-match ratio (every known label right; what UA/RA/TA use for multi-label tasks);
+  label_accuracy = mean over labels of the accuracy on that label's known entries; macro_f1 = mean over labels
+  of the positive-class F1 2TP / (2TP + FP + FN) (labels never positive nor predicted positive left out);
+  roc_auc = `multilabel_auc`; loss, confidence, entropy = means of `multilabel_per_example`; and per label l,
+  roc_auc_label_<l> and accuracy_label_<l>. NaN where undefined (e.g. an empty split).
+  """
+  logits, labels = _check_multilabel(logits, labels)
+  per_example = multilabel_per_example(logits, labels)
+  known = labels >= 0
+  right = (per_example['pred'] == labels) & known
+  n = labels.shape[0]
+  out: dict[str, Any] = {'n': int(n), 'accuracy': float(np.mean(per_example['correct'])) if n else math.nan}
+  label_acc, f1s = [], []
+  for j in range(labels.shape[1]):
+    k = known[:, j]
+    label_acc.append(float(right[k, j].mean()) if k.any() else math.nan)
+    y, p = labels[k, j] == 1, per_example['pred'][k, j] == 1
+    tp, fp, fn = np.sum(y & p), np.sum(~y & p), np.sum(y & ~p)
+    if tp + fp + fn:
+      f1s.append(2.0 * tp / (2.0 * tp + fp + fn))
+  label_auc = multilabel_label_aucs(logits, labels)
+  out['label_accuracy'] = _nanmean(label_acc)
+  out['macro_f1'] = float(np.mean(f1s)) if f1s else math.nan
+  out['roc_auc'] = _nanmean(label_auc)
+  for key in ('loss', 'confidence', 'entropy'):
+    out[key] = float(np.mean(per_example[key])) if n else math.nan
+  for j in range(labels.shape[1]):
+    out[f'roc_auc_label_{j}'] = label_auc[j]
+    out[f'accuracy_label_{j}'] = label_acc[j]
   return out

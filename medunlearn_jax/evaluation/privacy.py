@@ -45,14 +45,18 @@ def _as_1d_finite(x, name: str) -> np.ndarray:
   return x
 
 
+def _balance_index(n_a: int, n_b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Positions kept when the larger of two sets is subsampled, without replacement, to the smaller's size."""
+  n = min(n_a, n_b)
+  index_a = np.sort(rng.choice(n_a, n, replace=False)) if n_a > n else np.arange(n_a)
+  index_b = np.sort(rng.choice(n_b, n, replace=False)) if n_b > n else np.arange(n_b)
+  return index_a, index_b
+
+
 def _balance(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Subsamples the larger array, without replacement, to the size of the smaller one."""
-  n = min(len(a), len(b))
-  if len(a) > n:
-    a = a[np.sort(rng.choice(len(a), n, replace=False))]
-  if len(b) > n:
-    b = b[np.sort(rng.choice(len(b), n, replace=False))]
-  return a, b
+  index_a, index_b = _balance_index(len(a), len(b), rng)
+  return a[index_a], b[index_b]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,6 +92,36 @@ def simple_mia(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_splits: 
   return float(np.mean(scores))
 
 
+def simple_mia_predictions(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_folds: int = 5,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Per-example verdicts of the `simple_mia` attacker, for slicing the attack by subgroup.
+
+  The same attacker (logistic regression on the loss, classes balanced by the same seeded subsample) is
+  scored out of fold: with stratified K-fold (`n_folds`, fewer when the balanced sets are smaller), every
+  kept example is judged by a model fitted without it. A group's attack accuracy is then the balanced
+  accuracy of these verdicts on its forget and test examples (see `evaluation.subgroups`).
+
+  Returns:
+    (forget_correct (N_forget,), test_correct (N_test,)) as floats: 1 = the attacker was right (member for a
+    forget example, non-member for a test example), 0 = wrong, NaN = left out by the class balancing (or
+    every example when fewer than 2 remain per class).
+  """
+  forget = _as_1d_finite(forget_losses, 'forget_losses')
+  test = _as_1d_finite(test_losses, 'test_losses')
+  forget_correct, test_correct = np.full(len(forget), np.nan), np.full(len(test), np.nan)
+  index_f, index_t = _balance_index(len(forget), len(test), np.random.default_rng(seed))
+  n = len(index_f)
+  if n < 2:
+    return forget_correct, test_correct
+  x = np.concatenate([test[index_t], forget[index_f]])[:, None]
+  y = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
+  cv = model_selection.StratifiedKFold(n_splits=min(n_folds, n), shuffle=True, random_state=seed)
+  verdict = model_selection.cross_val_predict(linear_model.LogisticRegression(), x, y, cv=cv) == y
+  test_correct[index_t] = verdict[:n]
+  forget_correct[index_f] = verdict[n:]
+  return forget_correct, test_correct
+
+
 def mia_efficacy(retain_conf: np.ndarray, test_conf: np.ndarray, forget_conf: np.ndarray, *, seed: int = 0,
                  attack: str = 'svc') -> float:
   """MIA-efficacy of Jia et al. (NeurIPS 2023) / SalUn (Fan et al., ICLR 2024).
@@ -108,11 +142,22 @@ def mia_efficacy(retain_conf: np.ndarray, test_conf: np.ndarray, forget_conf: np
     Fraction of forget examples predicted NON-member. Higher = more forgetting; retraining gives roughly the
     fraction of forget examples that look like unseen data.
   """
+  forget_is_non_member = mia_efficacy_predictions(retain_conf, test_conf, forget_conf, seed=seed, attack=attack)
+  return float(np.mean(forget_is_non_member)) if forget_is_non_member.size else math.nan
+
+
+def mia_efficacy_predictions(retain_conf: np.ndarray, test_conf: np.ndarray, forget_conf: np.ndarray, *,
+                             seed: int = 0, attack: str = 'svc') -> np.ndarray:
+  """The `mia_efficacy` attacker's verdict on each forget example: (N_forget,) bool, True = non-member.
+
+  `mia_efficacy` is the mean of this; a subgroup's MIA-efficacy is its mean over the group's forget examples
+  (the attacker is trained once, on the whole retain and test sets).
+  """
   retain = _as_1d_finite(retain_conf, 'retain_conf')
   test = _as_1d_finite(test_conf, 'test_conf')
   forget = _as_1d_finite(forget_conf, 'forget_conf')
   if len(forget) == 0:
-    return math.nan
+    return np.zeros(0, bool)
   rng = np.random.default_rng(seed)
   retain, test = _balance(retain, test, rng)
   if len(retain) == 0:
@@ -126,7 +171,7 @@ def mia_efficacy(retain_conf: np.ndarray, test_conf: np.ndarray, forget_conf: np
   x = np.concatenate([retain, test])[:, None]
   y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
   clf.fit(x, y)
-  return float(np.mean(clf.predict(forget[:, None]) == 0))
+  return clf.predict(forget[:, None]) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from scipy import stats
 from medunlearn_jax import errors
 
 DIFFICULTY_LABELS = ('easy', 'medium', 'hard')
+_MAX_WEIGHT_ELEMENTS = 1 << 22
 
 
 def _native(value: Any) -> Any:
@@ -41,7 +42,7 @@ def _percentile_ci(replicates: np.ndarray, ci: float) -> tuple[float, float]:
 
 def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndarray], groups: np.ndarray, *,
                  group_values: Sequence[Any] | None = None, difference: tuple[Any, Any] | None = None,
-                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95, weighted: bool = False) -> dict[str, Any]:
   """A metric per group, the difference between two groups, and percentile-bootstrap CIs for both.
 
   Args:
@@ -56,6 +57,11 @@ def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndar
     n_boot: bootstrap replicates (0 = point estimates only, CIs NaN).
     seed: seed of the resampling; equal seeds give equal intervals.
     ci: coverage of the intervals, e.g. 0.95.
+    weighted: `metric` is called as `metric(weights, **arrays)` with the arrays of the whole group and
+      `weights` (B, n_group), how many times each example is drawn in each of B replicates (all ones for the
+      point estimate), and returns (B,) values: every replicate in one vectorised call (e.g. the
+      `metrics.weighted_*` functions). The same bootstrap, far faster; the draws differ from the unweighted
+      path's, so one seed gives other (equally valid) intervals.
 
   Returns:
     {'groups': {g: {'n', 'value', 'ci_low', 'ci_high'}},
@@ -94,12 +100,31 @@ def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndar
   def evaluate(rows: np.ndarray) -> float:
     return float(metric(**{k: a[rows] for k, a in arrays.items()}))
 
-  point = {v: evaluate(idx) for v, idx in index.items()}
+  def evaluate_weighted(idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    out = np.asarray(metric(weights, **{k: a[idx] for k, a in arrays.items()}), dtype=np.float64)
+    if out.shape != weights.shape[:1]:
+      raise ValueError(f'a weighted metric must return one value per weight row ({weights.shape[0]}), '
+                       f'got shape {out.shape}')
+    return out
+
   rng = np.random.default_rng(seed)
-  boot = {v: np.empty(n_boot) for v in values}
-  for b in range(n_boot):
+  if weighted:
+    point = {v: float(evaluate_weighted(idx, np.ones((1, idx.size)))[0]) for v, idx in index.items()}
+    boot = {}
     for v, idx in index.items():
-      boot[v][b] = evaluate(idx[rng.integers(0, idx.size, idx.size)])
+      # Replicates go in chunks so that the (chunk, n_group) weight arrays stay a few tens of MB.
+      chunk, size, parts = max(1, _MAX_WEIGHT_ELEMENTS // idx.size), idx.size, []
+      for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, size, (b, size)) + size * np.arange(b)[:, None]
+        parts.append(evaluate_weighted(idx, np.bincount(draws.ravel(), minlength=b * size).reshape(b, size)))
+      boot[v] = np.concatenate(parts) if parts else np.empty(0)
+  else:
+    point = {v: evaluate(idx) for v, idx in index.items()}
+    boot = {v: np.empty(n_boot) for v in values}
+    for b in range(n_boot):
+      for v, idx in index.items():
+        boot[v][b] = evaluate(idx[rng.integers(0, idx.size, idx.size)])
 
   out_groups = {}
   for v in values:

@@ -1,0 +1,310 @@
+"""Masked and one-shot unlearning algorithms: SalUn, SSD, CF-k, EU-k, Boundary Unlearning, UNSIR.
+
+A tiny synthetic task (8x8 images, small CNN) with an "original" model trained by ERM through the engine;
+every algorithm is built from the registry, prepared and run through `engine.run`, as in the pipeline.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from medunlearn_jax import algorithms
+from medunlearn_jax import engine
+from medunlearn_jax import models
+from medunlearn_jax.algorithms import _masking
+from medunlearn_jax.algorithms import base
+from medunlearn_jax.algorithms import boundary_shrink
+from medunlearn_jax.algorithms import salun
+from medunlearn_jax.algorithms import scrub
+from medunlearn_jax.algorithms import ssd
+from medunlearn_jax.algorithms import unsir
+from conftest import synthetic_split
+
+BATCH = 16
+RETAIN_TOLERANCE = 0.05  # SalUn may cost at most this much retain accuracy on the toy task.
+
+
+def make_problem(classes):
+  model = models.make_model('small_cnn', classes, widths=(8, 16), groups=4)
+  return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
+                      init_fn=lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1)))['params'],
+                      num_classes=classes)
+
+
+class Task:
+  """An original model trained by ERM through the engine, its splits, and helpers to unlearn from it."""
+
+  def __init__(self, classes, forget_index):
+    self.problem = make_problem(classes)
+    train = synthetic_split(96, classes=classes, seed=classes)
+    is_forget = np.zeros(len(train), bool)
+    is_forget[forget_index(train)] = True
+    self.splits = {'train': train, 'forget': train.take(is_forget, 'forget'),
+                   'retain': train.take(~is_forget, 'retain')}
+    self.sizes = {k: len(v) for k, v in self.splits.items()}
+    self.mesh = engine.make_mesh()
+    self.options = engine.RunOptions(seed=0, batch_size=BATCH, log_every_steps=1000)
+    self.env = engine.Env(self.mesh, BATCH, seed=0)
+    hp = algorithms.get('erm').default_config()
+    hp.update(lr=0.05, epochs=4.0, stream='train')
+    erm = algorithms.get('erm').build(self.problem, hp, self.sizes, BATCH)
+    init = _replicated(self.problem.init_fn(jax.random.key(0)), self.mesh)
+    self.original, _ = engine.run(erm, self.splits, init, {}, mesh=self.mesh, options=self.options)
+
+  def build(self, name, **overrides):
+    hp = algorithms.get(name).default_config()
+    hp.update(**overrides)
+    return algorithms.get(name).build(self.problem, hp, self.sizes, BATCH)
+
+  def run(self, algorithm, seed=1):
+    start, context = algorithm.prepare(self.original, self.splits, jax.random.key(seed), self.env)
+    params, cost = engine.run(algorithm, self.splits, start, context, mesh=self.mesh, options=self.options)
+    return start, context, params, cost
+
+  def evaluate(self, params, split):
+    s = self.splits[split]
+    batch = {'image': s.images, 'label': s.labels, 'mask': np.ones(len(s), np.float32)}
+    loss, acc = base.cross_entropy(self.problem, params, batch)
+    return float(loss), float(acc)
+
+
+def _replicated(tree, mesh):
+  return jax.device_put(tree, engine.replicated(mesh))
+
+
+@pytest.fixture(scope='module')
+def task():
+  return Task(2, lambda split: np.arange(16))  # Random forgetting: the first 16 examples.
+
+
+@pytest.fixture(scope='module')
+def class_task():
+  return Task(3, lambda split: split.labels == 2)  # Class forgetting (UNSIR's setting).
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masks.
+
+def test_context_mask_freezes_what_gradient_masking_does_not():
+  params = {'w': jnp.arange(1.0, 5.0)}
+  mask = {'w': jnp.array([1.0, 0.0, 1.0, 0.0])}
+  grads = {'w': jnp.ones(4)}
+  sgd = base.make_optimizer('sgd', 0.1, momentum=0.9, weight_decay=0.1)
+  naive = optax.with_extra_args_support(sgd)  # Masks the gradient: decay still moves frozen weights.
+  right = optax.chain(sgd, _masking.context_mask())
+  for tx, frozen_moves in [(naive, True), (right, False)]:
+    p, state = params, tx.init(params)
+    g = jax.tree.map(lambda a, m: a * m, grads, mask) if frozen_moves else grads
+    for _ in range(3):
+      updates, state = tx.update(g, state, p, context={'mask': mask})
+      p = optax.apply_updates(p, updates)
+    moved = np.asarray(p['w']) != np.asarray(params['w'])
+    np.testing.assert_array_equal(moved, [True, frozen_moves, True, frozen_moves])
+
+
+def test_top_fraction_selects_exactly_the_largest():
+  scores = {'a': jnp.array([3.0, 0.0, 0.0]), 'b': jnp.array([[1.0, 5.0], [0.0, 2.0]])}
+  mask = _masking.top_fraction(scores, 3 / 7)
+  np.testing.assert_array_equal(mask['a'], [1, 0, 0])
+  np.testing.assert_array_equal(mask['b'], [[0, 1], [0, 1]])
+  ties = _masking.top_fraction({'z': jnp.zeros(10)}, 0.3)  # Ties still give exactly 3.
+  assert float(jnp.sum(ties['z'])) == 3
+
+
+def test_last_k_blocks_follow_forward_order(task):
+  chosen = _masking.last_k_blocks(task.original, 2)
+  assert [n for n in chosen if jax.tree.leaves(chosen[n])[0]] == ['conv1', 'head', 'norm1']
+  with pytest.raises(Exception, match='between 1 and'):
+    _masking.last_k_blocks(task.original, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SalUn.
+
+def assert_frozen_outside(mask, before, after):
+  """Every weight with mask 0 is bit-identical; (nearly) every weight with mask 1 moved."""
+  moved, selected = 0, 0
+  for m, b, a in zip(leaves(mask), leaves(before), leaves(after)):
+    np.testing.assert_array_equal(a[m == 0], b[m == 0])
+    moved += int(np.sum(a[m == 1] != b[m == 1]))
+    selected += int(np.sum(m == 1))
+  assert selected and moved >= 0.95 * selected
+
+
+def test_salun_mask_is_the_top_saliency_fraction(task):
+  algorithm = task.build('salun', sparsity=0.3)
+  _, context = algorithm.prepare(task.original, task.splits, jax.random.key(1), task.env)
+  forget = task.splits['forget']
+  batch = {'image': forget.images, 'label': forget.labels, 'mask': np.ones(len(forget), np.float32)}
+  grads = jax.grad(lambda p: base.cross_entropy(task.problem, p, batch)[0])(task.original)
+  saliency = np.concatenate([np.abs(g).ravel() for g in leaves(grads)])
+  mask = np.concatenate([m.ravel() for m in leaves(context['mask'])])
+  assert mask.sum() == round(0.3 * mask.size)
+  assert saliency[mask == 1].min() >= saliency[mask == 0].max() * (1 - 1e-4)
+  threshold = float(np.quantile(saliency, 0.8))  # A threshold γ instead of a fraction.
+  _, context = task.build('salun', threshold=threshold).prepare(task.original, task.splits, jax.random.key(1),
+                                                                task.env)
+  by_threshold = np.concatenate([m.ravel() for m in leaves(context['mask'])])
+  near = np.isclose(saliency, threshold, rtol=1e-4)
+  np.testing.assert_array_equal(by_threshold[~near], (saliency >= threshold)[~near])
+
+
+def test_salun_freezes_weights_outside_the_mask_and_forgets(class_task):
+  task = class_task  # Forgetting a class: the forget set is distinguishable from the retain set.
+  algorithm = task.build('salun', sparsity=0.5, weight_decay=5e-3, momentum=0.9, epochs=2.0)
+  start, context, params, _ = task.run(algorithm)
+  assert_frozen_outside(context['mask'], start, params)
+  f_loss0, f_acc0 = task.evaluate(task.original, 'forget')
+  r_acc0 = task.evaluate(task.original, 'retain')[1]
+  f_loss1, f_acc1 = task.evaluate(params, 'forget')
+  r_acc1 = task.evaluate(params, 'retain')[1]
+  assert f_loss1 > f_loss0 and f_acc1 < f_acc0
+  assert r_acc1 >= r_acc0 - RETAIN_TOLERANCE
+
+
+def test_scrub_loss_under_salun_mask(task):
+  hp = algorithms.get('scrub').default_config()
+  hp.update(lr=0.02, weight_decay=5e-3, epochs=2.0, msteps=1)
+  inner = scrub.build(task.problem, hp, task.sizes, BATCH)
+  algorithm = salun.under_saliency_mask(inner, task.problem, sparsity=0.2)
+  assert [p.name for p in algorithm.phases] == [p.name for p in inner.phases]
+  start, context, params, cost = task.run(algorithm)
+  assert set(context) == {'teacher', 'mask'} and cost.steps > 0
+  assert_frozen_outside(context['mask'], start, params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CF-k and EU-k.
+
+def _by_block(params, k):
+  chosen = _masking.last_k_blocks(params, k)
+  return [n for n in params if jax.tree.leaves(chosen[n])[0]], [n for n in params
+                                                                 if not jax.tree.leaves(chosen[n])[0]]
+
+
+def test_cf_k_trains_only_the_last_k_blocks(task):
+  algorithm = task.build('cf_k', k=1, lr=0.05, weight_decay=5e-3, momentum=0.9, epochs=2.0)
+  start, _, params, _ = task.run(algorithm)
+  trained, frozen = _by_block(start, 1)
+  assert trained == ['head']
+  for name in frozen:
+    for a, b in zip(leaves(params[name]), leaves(start[name])):
+      np.testing.assert_array_equal(a, b)
+  assert all(np.all(a != b) for a, b in zip(leaves(params['head']), leaves(start['head'])))
+
+
+def test_eu_k_reinitialises_then_trains_only_the_last_k_blocks(task):
+  algorithm = task.build('eu_k', k=2, epochs=2.0, weight_decay=5e-3, momentum=0.9)
+  rng = jax.random.key(7)
+  start, context = algorithm.prepare(task.original, task.splits, rng, task.env)
+  fresh = task.problem.init_fn(rng)
+  trained, frozen = _by_block(start, 2)
+  assert trained == ['conv1', 'head', 'norm1'] and frozen == ['conv0', 'norm0']
+  for name in trained:
+    for s, f, o in zip(leaves(start[name]), leaves(fresh[name]), leaves(task.original[name])):
+      np.testing.assert_array_equal(s, f)
+      assert not np.array_equal(s, o)
+  for name in frozen:
+    for s, o in zip(leaves(start[name]), leaves(task.original[name])):
+      np.testing.assert_array_equal(s, o)
+  params, _ = engine.run(algorithm, task.splits, start, context, mesh=task.mesh, options=task.options)
+  for name in frozen:
+    for a, o in zip(leaves(params[name]), leaves(task.original[name])):
+      np.testing.assert_array_equal(a, o)
+  assert not np.array_equal(leaves(params['head'])[1], leaves(start['head'])[1])
+  assert task.evaluate(params, 'retain')[1] > 0.8  # The fresh blocks learnt the task again.
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SSD.
+
+def _importances_by_hand(task, split):
+  """Squared gradient of each batch's mean CE, averaged over batches (the paper's code), in a plain loop."""
+  grad = jax.jit(jax.grad(lambda p, b: base.cross_entropy(task.problem, p, b)[0]))
+  s, total, count = task.splits[split], None, 0
+  for lo in range(0, len(s), BATCH):
+    rows = slice(lo, lo + BATCH)
+    batch = {'image': s.images[rows], 'label': s.labels[rows], 'mask': np.ones(len(s.ids[rows]), np.float32)}
+    sq = [np.square(np.asarray(x, np.float64)) for x in jax.tree.leaves(grad(task.original, batch))]
+    total = sq if total is None else [a + b for a, b in zip(total, sq)]
+    count += 1
+  return [t / count for t in total]
+
+
+def test_ssd_dampens_exactly_the_selected_weights_by_beta(task):
+  alpha, lam = 1.0, 0.5
+  algorithm = task.build('ssd', alpha=alpha, lam=lam)
+  assert [p.steps for p in algorithm.phases] == [0]
+  start, context, params, cost = task.run(algorithm)
+  assert cost.steps == 0 and context == {}  # The edit is all in prepare; the engine takes no step.
+  for a, b in zip(leaves(params), leaves(start)):
+    np.testing.assert_array_equal(a, b)
+  # The algorithm's importances match a plain loop; the rule is then recomputed in numpy from them (so
+  # that float rounding cannot flip a borderline selection).
+  n_selected = n_total = 0
+  for theta, new, d, f, d_hand, f_hand in zip(
+      leaves(task.original), leaves(params),
+      leaves(ssd.importances(task.problem, task.original, task.splits['train'], task.env)),
+      leaves(ssd.importances(task.problem, task.original, task.splits['forget'], task.env)),
+      _importances_by_hand(task, 'train'), _importances_by_hand(task, 'forget')):
+    np.testing.assert_allclose(d, d_hand, rtol=2e-3, atol=1e-12)
+    np.testing.assert_allclose(f, f_hand, rtol=2e-3, atol=1e-12)
+    selected = f > np.float32(alpha) * d
+    beta = np.minimum(np.float32(lam) * d / np.where(selected, f, 1), 1).astype(np.float32)
+    np.testing.assert_array_equal(new != theta, selected & (theta != 0) & (beta != 1))
+    np.testing.assert_array_equal(new[~selected], theta[~selected])
+    np.testing.assert_allclose(new[selected], theta[selected] * beta[selected], rtol=1e-6)
+    n_selected += int(selected.sum())
+    n_total += selected.size
+  assert 0 < n_selected < n_total
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Boundary Unlearning and UNSIR.
+
+@pytest.mark.parametrize('name', ['boundary_shrink', 'boundary_expanding'])
+def test_boundary_unlearning_lowers_forget_accuracy(class_task, name):
+  task = class_task  # Class forgetting, the paper's setting.
+  algorithm = task.build(name, lr=0.02, epochs=4.0)
+  _, context, params, _ = task.run(algorithm)
+  assert set(context) == {'teacher'}
+  assert task.evaluate(params, 'forget')[1] < task.evaluate(task.original, 'forget')[1] - 0.5
+  assert task.evaluate(params, 'retain')[1] > 0.75
+
+
+def test_nearest_wrong_class_is_never_the_true_class(class_task):
+  train = class_task.splits['train']
+  wrong = boundary_shrink.nearest_wrong_class(class_task.problem, class_task.original, train.images,
+                                              train.labels, eps=0.1, step=0.03, steps=3)
+  assert not np.any(np.asarray(wrong) == train.labels)
+
+
+def test_unsir_learns_error_maximising_noise_then_forgets(class_task):
+  t = class_task
+  algorithm = t.build('unsir', noise_per_class=8, noise_steps=10, impair_epochs=1.0, repair_epochs=3.0)
+  assert [p.name for p in algorithm.phases] == ['impair', 'repair']
+  _, context, params, cost = t.run(algorithm)
+  noise, labels = context[unsir.NOISE], context[unsir.NOISE_LABELS]
+  assert noise.shape == (8, 8, 8, 1) and set(np.asarray(labels).tolist()) == {2}
+  initial = jax.random.normal(jax.random.key(0), noise.shape)
+
+  def ce(x):
+    return float(jnp.mean(base.per_example_loss(t.problem.apply_fn(t.original, x, False), labels, False)))
+
+  assert ce(noise) > ce(initial) + 1.0  # The noise maximises the original model's error on its class.
+  assert cost.steps == 4 * algorithms.steps_per_epoch(t.sizes['retain'], BATCH)
+  assert t.evaluate(params, 'forget')[1] < t.evaluate(t.original, 'forget')[1] - 0.5
+  assert t.evaluate(params, 'retain')[1] > 0.8
+
+
+def test_registered_with_citation_update_rule_and_search_space():
+  for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir']:
+    entry = algorithms.get(name)
+    assert 'Update' in entry.doc and any(str(y) in entry.doc for y in (2022, 2023, 2024)), name
+    hp = entry.default_config()
+    assert hp.search_space and all(k in hp for k in hp.search_space), name
