@@ -42,7 +42,7 @@ from medunlearn_jax.evaluation import results as results_lib
 # Config fields that may change between invocations on one workdir without invalidating what it holds:
 # which algorithms to run (each stage checks its own hyper-parameters) and logging/IO cadence.
 MUTABLE_FIELDS = ('algorithms', 'algo', 'log_every_steps', 'checkpoint_every_steps', 'eval_batch_size',
-                  'distributed', 'report', 'populations')
+                  'distributed', 'report', 'populations', 'tuning')
 REFERENCE_STAGES = ('original', 'retrain')
 
 
