@@ -17,6 +17,12 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           'experiments/configs/default.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.', required=True)
 flags.mark_flag_as_required('config')
+# Multi-process runs: left empty, jax.distributed.initialize() reads the cluster's environment (SLURM,
+# Cloud TPU, ...); on one machine give all three (see tests/test_multiprocess.py).
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None, 'Fake this many CPU devices per process.')
 
 
 def fail(kind: str, error: BaseException) -> None:
@@ -51,8 +57,13 @@ def run(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     config = load_config()
-    if config.get('distributed', False):
-      jax.distributed.initialize()
+    if _CPU_DEVICES.value:
+      jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
+    if config.get('distributed', False) or (_NUM_PROCESSES.value or 1) > 1:
+      # CPU collectives across processes go through gloo; accelerators use their own.
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+      jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                                 process_id=_PROCESS_ID.value)
     try:
       job(config, _WORKDIR.value)
     except errors.UserError as e:

@@ -32,6 +32,7 @@ import optax
 
 from medunlearn_jax import checkpoints as ckpt_lib
 from medunlearn_jax import errors
+from medunlearn_jax import xla
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
 
@@ -308,6 +309,8 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   start = int(state.step)
   base_rng = jax.random.key(options.seed)
   rep = replicated(mesh)
+  # Made by a jitted function (not device_put) so that multi-process runs get a global replicated array.
+  step_rng = jax.jit(lambda t: jax.random.fold_in(jax.random.key(options.seed), t), out_shardings=rep)
 
   def batches_from(step0: int):
     for t, phase_index, host, examples in plan_batches(algorithm, data, n_steps, options.batch_size,
@@ -340,13 +343,13 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       t0 = time.perf_counter()
       rng_spec = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rep)
       step_fn = make_step(phase, algorithm.tx)
-      program = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec).compile()
+      program = xla.compile(jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec), 'train')
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
       compiled[key] = (program, compiled_flops(program))
     meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
-    rng = jax.device_put(jax.random.fold_in(base_rng, t), rep)
+    rng = step_rng(t)
     state, metrics = compiled[key][0](state, batch, rng)
     if last_metrics is not None:  # Checked one step behind so the host never stalls the device queue.
       check_finite(last_metrics, t - 1)
@@ -416,7 +419,7 @@ def make_predict(problem: base.Problem, mesh: jax.sharding.Mesh):
   def predict(params, batch):
     return base.forward(problem, params, batch, train=False)
 
-  return jax.jit(predict, out_shardings=replicated(mesh))
+  return jax.jit(predict, out_shardings=replicated(mesh), compiler_options=xla.compiler_options('eval'))
 
 
 def predict_split(predict_fn, params: PyTree, split: ds_lib.Split, *, batch_size: int,

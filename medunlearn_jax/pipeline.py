@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -247,6 +248,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   workdir = pathlib.Path(workdir).absolute()
   check_workdir(config, workdir)
   check_stages(config, workdir)
+  if jax.process_count() > 1:  # Process 0 builds the dataset; the others read what it built.
+    if is_writer():
+      data_lib.prepare(config.dataset)
+    multihost_utils.sync_global_devices('dataset prepared')
   info, splits = data_lib.load(config.dataset)
   mesh = engine.make_mesh()
   engine.check_batch_size(config.batch_size, mesh)
@@ -254,6 +259,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   if is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('workdir ready')
   logging.info('dataset %s %dpx: %s; %d devices', config.dataset.name, config.dataset.image_size,
                {k: len(v) for k, v in splits.items()}, mesh.size)
   return Experiment(config, workdir, info, splits, make_problem(config, info), mesh)

@@ -10,6 +10,7 @@ whole Optax chain (exact for SGD, momentum and Adam, whose updates are linear in
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -96,7 +97,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   abstract = jax.eval_shape(init, params, context)
   state = jax.jit(init, out_shardings=jax.tree.map(lambda _: rep, abstract))(params, context)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=rep)
   def step_rngs(t):
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), t))(seeds_arr)
 
@@ -113,7 +114,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   metrics = None
   for t, phase_index, batch, examples in engine.prefetch(device_batches(), options.prefetch):
     phase = algorithm.phases[phase_index]
-    rngs = jax.device_put(step_rngs(t), rep)
+    rngs = step_rngs(t)
     if phase_index not in compiled:
       t0 = time.perf_counter()
       vstep = _population_step(engine.make_step(phase, tx), k, vectorize)
