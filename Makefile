@@ -12,7 +12,7 @@ CONFIG ?= experiments/configs/default.py
 WORKDIR ?= runs/default
 ARGS ?=
 
-.PHONY: venv run test bench clean-venv
+.PHONY: venv run test bench reproduce clean-venv
 
 $(VENV)/.installed: requirements.txt setup.cfg
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (set PYTHON312=/path/to/python3.12)"; exit 1; }
@@ -29,6 +29,9 @@ run: venv
 
 test: venv
 	$(PY) -m pytest tests
+
+reproduce: venv
+	$(PY) -m experiments.reproduce --workdir=runs/reproduce
 
 bench: venv
 	$(PY) benchmarks/step_throughput.py
