@@ -9,7 +9,7 @@ Composition, e.g. NegGrad+ with ℓ1 sparsity (Jia et al., NeurIPS 2023) added:
 
     loss = combine(problem, neggrad_plus.terms(alpha=0.95), l1_term(1e-4))
     phase = base.Phase(loss, streams=('retain', 'forget'), epochs=2.0)
-    algorithm = base.Algorithm('neggrad_plus_l1', (phase,), tx=erm.sgd_for(hp, total_steps, spe))
+    algorithm = build('neggrad_plus_l1', (phase,), hp, sizes, batch_size)  # hp: neggrad_plus's config.
 
 A weight that follows the step count (ℓ1-sparse's decaying γ) cannot live in the loss, which does not see
 the step; `l1_penalty(schedule)` adds the same gradient, γ_t·sign(θ), as an Optax transformation instead:
@@ -257,6 +257,18 @@ def build(name: str, phases: Sequence[base.Phase], hp: Any, sizes: Mapping[str, 
   if penalty is not None:
     tx = optax.chain(penalty, tx)
   return base.Algorithm(name=name, phases=tuple(phases), tx=tx, prepare=prepare, hparams=hp.to_dict())
+
+
+def union_shares(counts: Mapping[str, float]) -> dict[str, float]:
+  """Each set's share of the union of the sets, `counts[s] / Σ counts`.
+
+  Weighting one batch per set by its share makes the loss equal, in expectation, to the loss of a batch
+  drawn from the shuffled union of the sets, as in methods that train on e.g. retain ∪ relabelled forget.
+  """
+  total = float(sum(counts.values()))
+  if total <= 0:
+    raise ValueError(f'empty sets: {dict(counts)}')
+  return {k: float(v) / total for k, v in counts.items()}
 
 
 def with_teacher(params: PyTree, data: Any, rng: jax.Array, env: Any) -> tuple[PyTree, PyTree]:

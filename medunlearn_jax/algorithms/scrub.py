@@ -4,6 +4,9 @@ Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023. Update, a
 max-step on forget: θ ← θ + η ∇ KL(T ‖ S_θ); min-step on retain: θ ← θ − η ∇ [α·KL(T ‖ S_θ) + γ·CE(θ)],
 T = the original model (frozen, in the context), KL at temperature τ (× τ²). The paper's schedule: every
 epoch runs a min pass over retain, and the first `msteps` epochs run a max pass over forget before it.
+The student starts equal to the teacher, where KL has a zero gradient: with this project's deterministic
+models (GroupNorm, no dropout) the first max pass only acts once weight decay or a min pass has moved the
+student, so `msteps` ≥ 2 is the useful range. Repeated passes share one compiled program.
 
 Reusable pieces (e.g. SCRUB's loss under another transformation, such as a saliency mask):
 `max_terms`/`min_terms`, `phases(problem, hp)`, and `prepare` (the teacher goes into `context['teacher']`).
