@@ -22,6 +22,7 @@ import optax
 
 from medunlearn_jax import engine
 from medunlearn_jax import errors
+from medunlearn_jax import xla
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
 
@@ -118,10 +119,11 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
     if phase_index not in compiled:
       t0 = time.perf_counter()
       vstep = _population_step(engine.make_step(phase, tx), k, vectorize)
-      compiled[phase_index] = jax.jit(vstep, donate_argnums=0).lower(state, batch, rngs).compile()
+      lowered = jax.jit(vstep, donate_argnums=0).lower(state, batch, rngs)
+      compiled[phase_index] = xla.compile(lowered, 'train')
       cost.compile_seconds += time.perf_counter() - t0
       loop_start += time.perf_counter() - t0
-      flops[phase_index] = engine.compiled_flops(compiled[phase_index])
+      flops[phase_index] = engine.program_flops(lowered)
     state, metrics = compiled[phase_index](state, batch, rngs)
     cost.steps += 1
     cost.examples += examples

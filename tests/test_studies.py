@@ -46,15 +46,14 @@ def test_unknown_study_kind(tmp_path):
     studies.run_study(study_config('nope'), tmp_path)
 
 
-def test_sex_study_on_real_ham10000(tmp_path, shared_data, monkeypatch):
+def test_sex_study_on_real_nih_chestxray14(tmp_path, shared_data, monkeypatch):
   monkeypatch.setenv('MEDUNLEARN_DATA_DIR', str(shared_data))
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
   config = study_config('sex', fraction=0.05)
-  config.dataset.name = 'ham10000'
+  config.dataset.name = 'nih_chestxray14'
   config.dataset.task = 'binary'
   config.train.epochs = 1.0
-  config.batch_size = 256
-  config.eval_batch_size = 1024
+  config.eval_batch_size = 256
   summary = studies.run_study(config, tmp_path / 'study')
   sizes = {arm: json.loads((tmp_path / 'study' / arm / 'seed0' / 'forget_manifest.json').read_text())['count']
            for arm in ('sex_F', 'sex_M')}
