@@ -2,7 +2,7 @@
 
 On XLA:CPU (jaxlib 0.12) convolutions are handed to YNNPACK by default. Measured on a 2-core AVX-512 machine
 (`benchmarks/PERF_NOTES.md`), a float32 *training* step is faster when convolutions go back to XLA's own
-(Eigen) convolution and YNNPACK keeps only the dots, and faster again with the oneDNN custom call enabled.
+(Eigen) convolution and YNNPACK keeps only the dots; bfloat16 programs enable the oneDNN custom call.
 Options only choose a backend for the same HLO; `tests/test_ops.py` checks equal numerics.
 
 `MEDUNLEARN_XLA_OPTIONS=default` turns every option off (XLA's defaults); options that this jaxlib does not
@@ -22,9 +22,11 @@ _ONEDNN = 'xla_cpu_experimental_onednn_custom_call'
 
 # Program kind -> compute dtype -> options (XLA:CPU only). Chosen by measurement (PERF_NOTES.md).
 _CPU_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    'train': {'float32': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT', _ONEDNN: True},
-              'bfloat16': {_ONEDNN: True}},
-    'eval': {'float32': {_ONEDNN: True}, 'bfloat16': {_ONEDNN: True}},
+    # f32: convolutions to XLA's Eigen kernels, dots stay on YNNPACK. (The oneDNN custom call leaves f32
+    # programs unchanged in jaxlib 0.12: identical optimized HLO.)
+    'train': {'float32': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
+              'bfloat16': {_ONEDNN: True}},  # Rewrites bf16 convolutions to oneDNN (not yet timed here).
+    'eval': {'float32': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}, 'bfloat16': {_ONEDNN: True}},
 }
 
 _rejected: set[str] = set()
@@ -53,7 +55,8 @@ def lowered_dtype(lowered) -> str:
     return 'float32'
 
 
-def compile(lowered, kind: str = 'train', dtype: Any = None, options: Mapping[str, Any] | None = None):  # pylint: disable=redefined-builtin
+def compile(lowered, kind: str = 'train', dtype: Any = None,  # pylint: disable=redefined-builtin
+            options: Mapping[str, Any] | None = None):
   """`lowered.compile(compiler_options=...)` with the options for `kind` and the compute dtype (read
   from the program when None), retrying without options this jaxlib rejects."""
   if options is None:
