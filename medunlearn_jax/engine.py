@@ -272,7 +272,8 @@ def program_flops(lowered) -> float:
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
         *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
         meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
-        prepare_seconds: float = 0.0) -> tuple[PyTree, Cost]:
+        prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None
+        ) -> tuple[PyTree, Cost]:
   """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
 
   Args:
@@ -286,6 +287,8 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     on_step: called with the global step after each step (used by tests to simulate a crash).
     prepare_seconds: time the algorithm's `prepare` took, added to a fresh run's cost (a resumed run
       keeps the cost recorded in its checkpoint).
+    on_epoch: called with (epoch, params) whenever the first phase completes an epoch of its driver
+      stream (e.g. to record learning dynamics); its time is not counted in the cost.
 
   Returns:
     The final parameters (replicated on the mesh) and the accumulated `Cost`.
@@ -336,6 +339,8 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     if checkpoints is not None:
       checkpoints.save(step, state, dict(meta, cost=cost.to_json(), done=step >= total, total_steps=total))
 
+  first = algorithm.phases[0] if algorithm.phases else None
+  epoch_steps = math.ceil(sizes[first.streams[0]] / options.batch_size) if first and first.streams else 1
   t_log, step_log = time.perf_counter(), start
   loop_start = time.perf_counter()
   for t, phase_index, batch, examples in prefetch(batches_from(start), options.prefetch):
@@ -362,6 +367,10 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     cost.flops += compiled[key][1]
     if on_step is not None:
       on_step(t + 1)
+    if on_epoch is not None and phase_index == 0 and (t + 1) % epoch_steps == 0:
+      t_hook = time.perf_counter()
+      on_epoch((t + 1) // epoch_steps, state.params)
+      loop_start += time.perf_counter() - t_hook
     done_step = t + 1
     if done_step % options.log_every_steps == 0 or done_step == total:
       loss = check_finite(metrics, done_step)

@@ -192,7 +192,7 @@ def check_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
 
 
 def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split],
-              params: Any, context: Any, on_step=None, prepare_seconds: float = 0.0
+              params: Any, context: Any, on_step=None, prepare_seconds: float = 0.0, on_epoch=None
               ) -> tuple[Any, engine.Cost]:
   """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
   checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
@@ -202,7 +202,8 @@ def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapp
     logging.info('stage %s: %s', stage, 'starting' if saved is None else
                  ('finished earlier, loading' if saved.get('done') else 'resuming'))
     return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
-                      checkpoints=checkpoints, meta=meta, on_step=on_step, prepare_seconds=prepare_seconds)
+                      checkpoints=checkpoints, meta=meta, on_step=on_step, prepare_seconds=prepare_seconds,
+                      on_epoch=on_epoch)
   finally:
     checkpoints.close()
 
@@ -274,7 +275,7 @@ def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLi
   trained: dict[str, Any] = {}
   costs: dict[str, engine.Cost] = {}
   trained['original'], costs['original'] = run_stage(exp, 'original', erm_algorithm(exp, 'train'),
-                                                     exp.splits, init, {})
+                                                     exp.splits, init, {}, on_epoch=epoch_recorder(exp))
   manifest = forget_manifest(exp, trained['original'])
   retain, forget = forget_lib.split_train(exp.splits['train'], manifest)
   exp.splits.update(retain=retain, forget=forget)
@@ -282,6 +283,46 @@ def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLi
   trained['retrain'], costs['retrain'] = run_stage(exp, 'retrain', erm_algorithm(exp, 'retain'),
                                                    {'retain': retain}, init, {})
   return exp, trained, costs
+
+
+EPOCHS_FILE = 'original_epochs.npz'
+
+
+def epoch_recorder(exp: Experiment):
+  """Records, after every epoch of the original model, which training examples it classifies correctly
+  (learning dynamics for the 'first stably learned epoch' difficulty, after Toneva et al., ICLR 2019).
+
+  Each epoch is written to `outputs/original_epochs.npz` as it completes, so a resumed run keeps the
+  epochs recorded before the interruption.
+  """
+  from medunlearn_jax.algorithms import base as base_lib  # pylint: disable=g-import-not-at-top
+  path = exp.workdir / 'outputs' / EPOCHS_FILE
+  predict = engine.make_predict(exp.problem, exp.mesh)
+  train = exp.splits['train']
+
+  def record(epoch: int, params: Any) -> None:
+    logits = engine.predict_split(predict, params, train, batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
+    correct = np.asarray(base_lib.correct(jnp.asarray(logits), jnp.asarray(train.labels),
+                                          exp.problem.multilabel)) > 0
+    if not is_writer():
+      return
+    epochs = read_epochs(exp.workdir) or {'ids': train.ids, 'epochs': {}}
+    epochs['epochs'][epoch] = correct
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp.npz')
+    np.savez(tmp, ids=train.ids, **{f'epoch_{e}': v for e, v in epochs['epochs'].items()})
+    os.replace(tmp, path)
+
+  return record
+
+
+def read_epochs(workdir: pathlib.Path) -> dict[str, Any] | None:
+  """{'ids': (N,), 'epochs': {epoch: (N,) bool}} recorded by `epoch_recorder`, or None."""
+  path = workdir / 'outputs' / EPOCHS_FILE
+  if not path.exists():
+    return None
+  with np.load(path, allow_pickle=False) as data:
+    return {'ids': data['ids'], 'epochs': {int(k.split('_')[1]): data[k] for k in data.files if k != 'ids'}}
 
 
 def build_algorithm(exp: Experiment, name: str, original_params: Any,
@@ -350,9 +391,14 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
                                       mesh=exp.mesh) for s in results_lib.EVAL_SPLITS}
     caches[model_name] = cache_lib.build_cache(logits, exp.splits)
   if 'original' in caches:
-    # Per-epoch correctness of the original model (learning-dynamics difficulty) plugs in here, when
-    # recorded: add_difficulty(cache, correct_per_epoch=(E, N) bool, epoch_ids=(N,) train ids).
-    caches['original'] = cache_lib.add_difficulty(caches['original'])
+    # Learning-dynamics difficulty needs the per-epoch correctness recorded while training the original.
+    epochs = read_epochs(exp.workdir)
+    if epochs and epochs['epochs']:
+      matrix = np.stack([epochs['epochs'][e] for e in sorted(epochs['epochs'])])
+      caches['original'] = cache_lib.add_difficulty(caches['original'], correct_per_epoch=matrix,
+                                                    epoch_ids=epochs['ids'])
+    else:
+      caches['original'] = cache_lib.add_difficulty(caches['original'])
   cost_json = {k: v.to_json() for k, v in costs.items()}
   c = exp.config
   info = {'dataset': exp.info.name, 'task': exp.info.task, 'num_classes': exp.info.num_classes,

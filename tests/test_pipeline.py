@@ -163,3 +163,15 @@ def test_populations_give_forgetting_quality_and_ulira(tmp_path, synthetic_medmn
   assert 0.0 <= entry['forgetting_quality'] <= 1.0
   assert 0.0 <= entry['ulira']['accuracy'] <= 1.0
   assert entry['cost']['steps'] > 0 and populations['retrain_cost']['examples'] == 3 * 2 * 216
+
+
+def test_learning_dynamics_difficulty_is_recorded_per_epoch(tmp_path, synthetic_medmnist):
+  from medunlearn_jax.evaluation import cache as cache_lib  # pylint: disable=g-import-not-at-top
+  pipeline.run_experiment(small_config(), tmp_path / 'run')
+  epochs = pipeline.read_epochs(tmp_path / 'run')
+  assert sorted(epochs['epochs']) == [1, 2] and epochs['epochs'][2].shape == (240,)
+  cache = cache_lib.load_cache(results_lib.model_path(tmp_path / 'run', 'original'))
+  learned = cache['difficulty_learned_epoch']
+  train_rows = np.isin(cache['split'], ['retain', 'forget'])
+  assert np.all(np.isfinite(learned[train_rows])) and np.all(np.isnan(learned[~train_rows]))
+  assert set(np.unique(learned[train_rows])) <= {0.0, 1.0, 2.0}
