@@ -36,11 +36,11 @@ import pathlib
 import re
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from medunlearn_jax import errors
+from medunlearn_jax.data import builder_base
 from medunlearn_jax.data import dataset as ds_lib
 from medunlearn_jax.data import paths
 from medunlearn_jax.data import splits
@@ -166,14 +166,10 @@ def read_rows(csv_path: pathlib.Path, id_offset: int) -> list[Row]:
   return rows
 
 
-@dataclasses.dataclass(eq=False)
-class CheXpertConfig(tfds.core.BuilderConfig):
-  """One task (with its uncertainty policy) at one image size."""
-  task: str = 'binary'
-  image_size: int = 28
+CheXpertConfig = builder_base.TaskConfig
 
 
-class ChexpertFrontal(tfds.core.GeneratorBasedBuilder):
+class ChexpertFrontal(builder_base.LocalBuilder):
   """CheXpert frontal radiographs (Irvin et al., AAAI 2019) with patient id, sex, age and view.
 
   Extra constructor arguments (besides TFDS's `data_dir`, `config`, ...):
@@ -187,13 +183,6 @@ class ChexpertFrontal(tfds.core.GeneratorBasedBuilder):
                                     description=f'{t} task at {s}x{s} px, grayscale, frontal views')
                      for t in TASKS for s in SIZES]
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default looks the package up through `importlib_resources`, which TFDS 4.9.10 needs but does
-    # not install; this file is what it would find (no checksums.tsv next to it: nothing is downloaded).
-    return epath.Path(__file__)
-
   def __init__(self, *, raw_dir: str | os.PathLike | None = None, split_seed: int = 0, **kwargs):
     self._raw_dir = (pathlib.Path(raw_dir).expanduser().resolve() if raw_dir is not None
                      else paths.raw_dir(FAMILY))
@@ -202,20 +191,10 @@ class ChexpertFrontal(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     task, size = self.builder_config.task, self.builder_config.image_size
-    label = (tfds.features.Scalar(dtype=np.int64) if task == 'binary'
-             else tfds.features.Tensor(shape=(len(OBSERVATIONS),), dtype=np.int64))
-    features = tfds.features.FeaturesDict({
-        ds_lib.ID: tfds.features.Scalar(dtype=np.int64),
-        ds_lib.IMAGE: tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8,
-                                           encoding=tfds.features.Encoding.ZLIB),
-        ds_lib.LABEL: label,
-        ds_lib.PATIENT_ID: tfds.features.Text(),
-        ds_lib.SEX: tfds.features.Text(),
-        ds_lib.AGE: tfds.features.Scalar(dtype=np.float32),
-        'view': tfds.features.Text(),
-        'frontal': tfds.features.Scalar(dtype=np.bool_),
-        'path': tfds.features.Text(),
-    })
+    label = builder_base.label_feature(None if task == 'binary' else len(OBSERVATIONS))
+    features = builder_base.medical_features(size, 1, label, view=tfds.features.Text(),
+                                             frontal=tfds.features.Scalar(dtype=np.bool_),
+                                             path=tfds.features.Text())
     labels = ('0: No Finding, 1: any finding' if task == 'binary' else
               f'multi-hot over {", ".join(OBSERVATIONS)}; uncertain -> {task.split("_", 1)[1]}')
     description = (

@@ -40,11 +40,11 @@ import os
 import pathlib
 from typing import Any, Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from medunlearn_jax import errors
+from medunlearn_jax.data import builder_base
 from medunlearn_jax.data import dataset as ds_lib
 from medunlearn_jax.data import paths
 from medunlearn_jax.data import splits
@@ -207,14 +207,10 @@ def _label(dx: str, task: str) -> np.int64:
   return np.int64(int(dx in MALIGNANT) if task == 'binary' else DX_CLASSES.index(dx))
 
 
-@dataclasses.dataclass(eq=False)
-class HAMConfig(tfds.core.BuilderConfig):
-  """One task at one image size."""
-  task: str = 'dx'
-  image_size: int = 28
+HAMConfig = builder_base.TaskConfig
 
 
-class Ham10000(tfds.core.GeneratorBasedBuilder):
+class Ham10000(builder_base.LocalBuilder):
   """HAM10000 (Tschandl et al., Sci. Data 2018) with lesion id (as patient id), sex, age and site.
 
   Extra constructor arguments (besides TFDS's `data_dir`, `config`, ...):
@@ -227,13 +223,6 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {'1.0.0': 'jpg or hmnist sources; ids = metadata row; lesion-disjoint splits.'}
   BUILDER_CONFIGS = [HAMConfig(name=f'{t}_{s}', task=t, image_size=s, description=f'{t} task at {s}x{s} px')
                      for t in TASKS for s in SIZES]
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default looks the package up through `importlib_resources`, which TFDS 4.9.10 needs but does
-    # not install; this file is what it would find (no checksums.tsv next to it: nothing is downloaded).
-    return epath.Path(__file__)
 
   def __init__(self, *, raw_dir: str | os.PathLike | None = None, split_seed: int = 0, source: str = 'auto',
                **kwargs):
@@ -254,20 +243,10 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     task, size = self.builder_config.task, self.builder_config.image_size
     channels = SOURCES[self._source][2]
-    features = tfds.features.FeaturesDict({
-        ds_lib.ID: tfds.features.Scalar(dtype=np.int64),
-        ds_lib.IMAGE: tfds.features.Tensor(shape=(size, size, channels), dtype=np.uint8,
-                                           encoding=tfds.features.Encoding.ZLIB),
-        ds_lib.LABEL: tfds.features.Scalar(dtype=np.int64),
-        ds_lib.PATIENT_ID: tfds.features.Text(),
-        ds_lib.SEX: tfds.features.Text(),
-        ds_lib.AGE: tfds.features.Scalar(dtype=np.float32),
-        'lesion_id': tfds.features.Text(),
-        'image_id': tfds.features.Text(),
-        'dx': tfds.features.Text(),
-        'dx_type': tfds.features.Text(),
-        'localization': tfds.features.Text(),
-    })
+    features = builder_base.medical_features(
+        size, channels, builder_base.label_feature(None), lesion_id=tfds.features.Text(),
+        image_id=tfds.features.Text(), dx=tfds.features.Text(), dx_type=tfds.features.Text(),
+        localization=tfds.features.Text())
     labels = ('0: benign, 1: malignant (mel, bcc, akiec)' if task == 'binary'
               else '; '.join(f'{i}: {c}' for i, c in enumerate(DX_CLASSES)))
     description = (

@@ -31,11 +31,11 @@ import zipfile
 import zlib
 from typing import Iterator, Mapping
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from medunlearn_jax import errors
+from medunlearn_jax.data import builder_base
 from medunlearn_jax.data import dataset as ds_lib
 from medunlearn_jax.data import download as download_lib
 from medunlearn_jax.data import paths
@@ -339,7 +339,7 @@ class MedMNISTConfig(tfds.core.BuilderConfig):
   image_size: int = 28
 
 
-class MedMNIST(tfds.core.GeneratorBasedBuilder):
+class MedMNIST(builder_base.LocalBuilder):
   """TFDS builder for the 2D MedMNIST datasets (MedMNIST v2, Yang et al., Scientific Data 2023), all sizes.
 
   Extra constructor arguments (besides TFDS's `data_dir`, `config`, `version`, ...):
@@ -357,14 +357,6 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
                                   f'{INFO[name].n_channels} channel(s))'))
       for name in DATASETS for size in SIZES
   ]
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default looks the package up through `importlib_resources`, which TFDS 4.9.10 uses but does not
-    # install on Python >= 3.9; this module's own file is what it would find anyway (there is no checksums.tsv
-    # next to it, so TFDS's own download checksums stay unused).
-    return epath.Path(__file__)
 
   def __init__(self, *, raw_dir: str | os.PathLike | None = None, download: bool = True,
                allow_unverified: bool = False, **kwargs):
