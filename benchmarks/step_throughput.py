@@ -1,12 +1,19 @@
 r"""Throughput of the step engine: train step, eval pass and two-batch unlearning step, images/s.
 
   .venv/bin/python benchmarks/step_throughput.py [--sizes=28,64] [--batch=128] [--model=resnet18]
-      [--modes=train,eval,twopass] [--steps=3] [--torch-python=/path/to/python-with-torch]
+      [--modes=train,eval,twopass] [--steps=3] [--repeats=3] [--dtype=float32|bfloat16]
+      [--impl='{"conv_impl": "flax", "norm_impl": "flax", "barrier": false}'] [--xla=tuned|default]
+      [--torch-python=/path/to/python-with-torch] [--loader] [--eval_compiles]
 
-For each case it prints the compile seconds, the median step time, images/s and peak host memory. With
-`--torch-python`, it alternates runs with the PyTorch reference (`../shared/bench/torch_resnet_step.py`:
-same architecture, shapes and thread count) and prints the JAX/PyTorch ratio as the median of paired runs.
-Figures are printed, never asserted: speed targets live here, not in tests.
+For each case it prints the compile seconds, the median step time, images/s, XLA's temp/argument memory for
+the program and the process's peak RSS, XLA's FLOP count and the model-FLOP utilisation against
+`--peak_tflops` (defaults: 534 GFLOP/s f32 / 1070 bf16 for the 2-core AVX-512 CPU this was tuned on; H100 SXM
+dense 67 f32 / 989 bf16 TFLOP/s). With `--torch-python`, it alternates runs with the PyTorch reference
+(`../shared/bench/torch_resnet_step.py`: same architecture, shapes and thread count) and prints the
+JAX/PyTorch ratio as the median of paired runs. `--loader` prints the input pipeline's throughput
+(`engine.plan_batches` + `engine.to_device`, images/s) next to the step's; `--eval_compiles` counts the XLA
+compilations of evaluation passes over several splits and models (target: one per batch shape).
+Figures are printed, never asserted: speed targets live here, not in tests. See benchmarks/PERF_NOTES.md.
 """
 from __future__ import annotations
 
@@ -27,35 +34,54 @@ import numpy as np
 
 from medunlearn_jax import engine
 from medunlearn_jax import models
+from medunlearn_jax import xla
 from medunlearn_jax.algorithms import base
+from medunlearn_jax.data import dataset as ds_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('sizes', ['28', '64'], 'Image sizes (px).')
+flags.DEFINE_list('sizes', ['28', '64'], 'Image sizes (px); 28 is grey, others RGB.')
 flags.DEFINE_list('modes', ['train', 'eval', 'twopass'], 'train | eval | twopass.')
 flags.DEFINE_integer('batch', 128, 'Global batch size.')
 flags.DEFINE_string('model', 'resnet18', 'Model name.')
-flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
+flags.DEFINE_string('dtype', 'float32', 'Compute dtype (parameters stay float32).')
+flags.DEFINE_string('impl', '{}', 'JSON model kwargs, e.g. the stock Flax layers: '
+                    '{"conv_impl": "flax", "norm_impl": "flax", "barrier": false}.')
+flags.DEFINE_enum('xla', 'tuned', ['tuned', 'default'], 'tuned: medunlearn_jax.xla options; default: none.')
 flags.DEFINE_integer('classes', 2, 'Number of classes.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per run (median reported).')
 flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
 flags.DEFINE_integer('repeats', 1, 'Paired JAX/PyTorch runs per case (medians reported).')
+flags.DEFINE_bool('loader', True, 'Also measure the input pipeline (plan_batches + to_device).')
+flags.DEFINE_bool('eval_compiles', True, 'Count compilations of eval passes over several splits/models.')
+flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for MFU (0: a default for the platform and dtype).')
 flags.DEFINE_string('torch_python', '', 'A Python with torch installed, to run the PyTorch reference.')
 flags.DEFINE_string('torch_script', str(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' /
                                         'torch_resnet_step.py'), 'The PyTorch reference script.')
 
+_PEAK_TFLOPS = {('cpu', 'float32'): 0.534, ('cpu', 'bfloat16'): 1.07,
+                ('gpu', 'float32'): 67.0, ('gpu', 'bfloat16'): 989.0}
+
 
 def channels_for(size: int) -> int:
-  """The issue's cases: 28x28x1 (grey MedMNIST) and 64x64x3 (colour)."""
+  """The issue's cases: 28x28x1 (grey MedMNIST) and 64x64x3 / 224x224x3 (colour)."""
   return 1 if size == 28 else 3
 
 
+def make_problem(size: int, ch: int) -> base.Problem:
+  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype, **json.loads(FLAGS.impl))
+  return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
+                      init_fn=lambda rng: model.init(rng, jnp.zeros((1, size, size, ch)))['params'],
+                      num_classes=FLAGS.classes)
+
+
+def _compile(lowered, kind: str):
+  return xla.compile(lowered, kind, FLAGS.dtype) if FLAGS.xla == 'tuned' else lowered.compile()
+
+
 def make_case(mode: str, size: int, mesh):
-  """Returns (compiled step, args, images per call) for one benchmark case."""
+  """Returns (compiled step, args, images per call, compile seconds, stateful, FLOPs) for one case."""
   ch = channels_for(size)
-  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype)
-  problem = base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
-                         init_fn=lambda rng: model.init(rng, jnp.zeros((1, size, size, ch)))['params'],
-                         num_classes=FLAGS.classes)
+  problem = make_problem(size, ch)
   params = jax.jit(problem.init_fn, out_shardings=engine.replicated(mesh))(jax.random.key(0))
   rng = np.random.default_rng(0)
 
@@ -65,11 +91,12 @@ def make_case(mode: str, size: int, mesh):
             'id': np.arange(FLAGS.batch)}
 
   if mode == 'eval':
-    predict = engine.make_predict(problem, mesh)
+    predict = engine.make_predict(problem, mesh)  # Carries xla.compiler_options('eval').
     batch = engine.to_device(host_batch(), mesh)
     t0 = time.perf_counter()
-    compiled = predict.lower(params, batch).compile()
-    return compiled, (params, batch), FLAGS.batch, time.perf_counter() - t0, False
+    lowered = predict.lower(params, batch)
+    compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
+    return compiled, (params, batch), FLAGS.batch, time.perf_counter() - t0, False, _flops(lowered)
 
   def loss(p, batches, context, key):
     del context, key
@@ -86,12 +113,35 @@ def make_case(mode: str, size: int, mesh):
   key = jax.device_put(jax.random.key(0), engine.replicated(mesh))
   step = engine.make_step(base.Phase(loss=loss, streams=streams), tx)
   t0 = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch, key).compile()
-  return compiled, [state, batch, key], FLAGS.batch * len(streams), time.perf_counter() - t0, True
+  lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
+  compiled = _compile(lowered, 'train')
+  compile_s = time.perf_counter() - t0
+  return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, _flops(lowered)
+
+
+def _flops(lowered) -> float:
+  """XLA's FLOP estimate of a lowered program (before library custom calls hide convolutions; 0 where the
+  backend has no cost analysis)."""
+  try:
+    analysis = lowered.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get('flops', 0.0))
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
+
+
+def _memory_mib(compiled) -> dict:
+  try:
+    m = compiled.memory_analysis()
+    return {'xla_temp_mib': round(m.temp_size_in_bytes / 2**20, 1),
+            'xla_args_mib': round(m.argument_size_in_bytes / 2**20, 1)}
+  except Exception:  # pylint: disable=broad-except
+    return {}
 
 
 def time_jax(mode: str, size: int, mesh) -> dict:
-  compiled, args, images, compile_s, stateful = make_case(mode, size, mesh)
+  compiled, args, images, compile_s, stateful, flops = make_case(mode, size, mesh)
   times = []
   for i in range(FLAGS.warmup + FLAGS.steps):
     t0 = time.perf_counter()
@@ -102,9 +152,61 @@ def time_jax(mode: str, size: int, mesh) -> dict:
     if i >= FLAGS.warmup:
       times.append(time.perf_counter() - t0)
   med = statistics.median(times)
-  return {'framework': 'jax', 'mode': mode, 'size': size, 'compile_s': round(compile_s, 2),
-          'median_step_s': round(med, 4), 'images_per_s': round(images / med, 1),
-          'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  platform = jax.devices()[0].platform
+  peak = FLAGS.peak_tflops or _PEAK_TFLOPS.get((platform, FLAGS.dtype), 0.0)
+  out = {'framework': 'jax', 'mode': mode, 'size': size, 'compile_s': round(compile_s, 2),
+         'median_step_s': round(med, 4), 'images_per_s': round(images / med, 1),
+         'gflop_per_step': round(flops / 1e9, 1),
+         'mfu': round(flops / med / (peak * 1e12), 3) if peak and flops else None,
+         'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  out.update(_memory_mib(compiled))
+  return out
+
+
+def loader_throughput(size: int, mesh, streams: int = 2, steps: int = 20) -> float:
+  """Images/s of the engine's input pipeline alone: batch plan, gather from host memory, device transfer."""
+  ch = channels_for(size)
+  n = FLAGS.batch * 8
+  rng = np.random.default_rng(0)
+  split = lambda name: ds_lib.Split(name, np.arange(n), rng.integers(0, 256, (n, size, size, ch), np.uint8),
+                                    rng.integers(0, FLAGS.classes, n))
+  names = ('retain', 'forget')[:streams]
+  algorithm = base.Algorithm('loader', (base.Phase(loss=None, streams=names, steps=steps),), tx=None)
+  data = {s: split(s) for s in names}
+  t0, images = time.perf_counter(), 0
+  for _, _, host, _ in engine.plan_batches(algorithm, data, [steps], FLAGS.batch, [0]):
+    batch = {k: engine.to_device(v, mesh) for k, v in host.items()}
+    jax.block_until_ready(batch)
+    images += FLAGS.batch * len(host)
+  return images / (time.perf_counter() - t0)
+
+
+def eval_compile_count(size: int, mesh) -> dict:
+  """XLA compilations for evaluating two models over three splits of different lengths."""
+  ch = channels_for(size)
+  problem = make_problem(size, ch)
+  count = [0]
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      count[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    predict = engine.make_predict(problem, mesh)
+    rng = np.random.default_rng(0)
+    params = [jax.jit(problem.init_fn)(jax.random.key(i)) for i in range(2)]
+    jax.block_until_ready(params)
+    before = count[0]
+    for n in (FLAGS.batch + 5, 3 * FLAGS.batch, 37):
+      split = ds_lib.Split(f's{n}', np.arange(n), rng.integers(0, 256, (n, size, size, ch), np.uint8),
+                           rng.integers(0, FLAGS.classes, n))
+      for p in params:
+        engine.predict_split(predict, p, split, batch_size=FLAGS.batch, mesh=mesh)
+    return {'eval_compiles': count[0] - before, 'eval_passes': 6}
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def time_torch(mode: str, size: int) -> dict | None:
@@ -120,23 +222,41 @@ def time_torch(mode: str, size: int) -> dict | None:
 def main(argv):
   del argv
   mesh = engine.make_mesh()
-  print(f'# {jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
-        f'model {FLAGS.model}, batch {FLAGS.batch}, dtype {FLAGS.dtype}, {os.cpu_count()} CPU threads')
+  print(f'# {jax.device_count()} {jax.devices()[0].platform} device(s) ({jax.devices()[0].device_kind}), '
+        f'jax {jax.__version__}, model {FLAGS.model} {FLAGS.impl}, batch {FLAGS.batch}, dtype {FLAGS.dtype}, '
+        f'xla {FLAGS.xla} {xla.compiler_options("train", FLAGS.dtype) if FLAGS.xla == "tuned" else {}}, '
+        f'{os.cpu_count()} CPU threads', flush=True)
   for size in map(int, FLAGS.sizes):
+    extra = {}
+    if FLAGS.loader:
+      extra['loader_images_per_s'] = round(loader_throughput(size, mesh), 1)
+    if FLAGS.eval_compiles and 'eval' in FLAGS.modes:
+      extra.update(eval_compile_count(size, mesh))
+    if extra:
+      print(json.dumps(dict(size=size, **extra)), flush=True)
     for mode in FLAGS.modes:
-      runs, ratios = [], []
+      runs, ratios, torch_ips = [], [], []
       for _ in range(FLAGS.repeats):  # Alternate the two frameworks so machine drift hits both alike.
         jax_run = time_jax(mode, size, mesh)
         torch_run = time_torch(mode, size)
         runs.append(jax_run)
         if torch_run:
           ratios.append(jax_run['images_per_s'] / torch_run['images_per_s'])
-          jax_run['torch_images_per_s'] = torch_run['images_per_s']
-      summary = dict(runs[-1], images_per_s=statistics.median(r['images_per_s'] for r in runs))
+          torch_ips.append(torch_run['images_per_s'])
+      summary = dict(runs[-1], images_per_s=statistics.median(r['images_per_s'] for r in runs),
+                     runs=[r['images_per_s'] for r in runs])
       if ratios:
+        summary['torch_images_per_s'] = statistics.median(torch_ips)
+        summary['torch_runs'] = torch_ips
         summary['jax_over_torch'] = round(statistics.median(ratios), 3)
+        summary['paired_runs'] = len(ratios)
+      if 'loader_images_per_s' in extra:
+        summary['loader_over_step'] = round(extra['loader_images_per_s'] / summary['images_per_s'], 1)
       print(json.dumps(summary), flush=True)
 
 
 if __name__ == '__main__':
+  # Accept the issue's spelling `--torch-python=PATH` (absl flags use underscores).
+  sys.argv = [a.replace('--torch-python', '--torch_python', 1) if a.startswith('--torch-python') else a
+              for a in sys.argv]
   app.run(main)

@@ -139,22 +139,29 @@ def batch_positions(size: int, batch_size: int, step: int, *, seed: int, stream:
 
 
 def host_batch(split: ds_lib.Split, positions: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-  """The rows of `split` at `positions` as the arrays a loss reads."""
+  """This process's rows of the global batch at `positions` of `split`, as the arrays a loss reads.
+
+  In a multi-process run each process gathers (and, with lazily read images, reads from disk) only its
+  contiguous slice of the global batch; `to_device` assembles the global array.
+  """
+  if jax.process_count() > 1:
+    positions = np.array_split(positions, jax.process_count())[jax.process_index()]
+    mask = np.array_split(mask, jax.process_count())[jax.process_index()]
   return {'image': split.images[positions], 'label': split.labels[positions], 'mask': mask,
           'id': split.ids[positions]}
 
 
 def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh, axis: int = 0) -> dict[str, jax.Array]:
-  """Places this process's slice of a global host batch on its devices, sharded along 'data'.
+  """Places this process's slice of a global batch (from `host_batch`) on its devices, sharded along 'data'.
 
   `axis` is the batch axis (1 for the stacked batches of a model population, see `sweeps`).
   """
   sharding = NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
-  n_proc, index = jax.process_count(), jax.process_index()
   out = {}
   for key, value in batch.items():
-    local = np.array_split(value, n_proc, axis=axis)[index] if n_proc > 1 else value
-    out[key] = jax.make_array_from_process_local_data(sharding, local, value.shape)
+    shape = list(np.shape(value))
+    shape[axis] *= jax.process_count()
+    out[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
   return out
 
 

@@ -345,3 +345,20 @@ def test_real_pneumoniamnist(tmp_path):
   assert int(first_test['id']) == 4708 + 524 and first_test['image'].shape == (28, 28, 1)
   labels = np.asarray([sources['val'][i]['label'] for i in range(len(sources['val']))])
   assert np.bincount(labels).tolist() == [135, 389]
+
+
+def test_lazy_images_read_on_demand_match_eager(tmp_path, synthetic_medmnist):
+  """Multi-process runs read image rows on demand; they must equal the eagerly loaded split."""
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from medunlearn_jax.data import dataset as ds_lib  # pylint: disable=g-import-not-at-top
+  builder, _ = data_lib.prepare({'name': 'pneumoniamnist', 'image_size': 28})
+  eager = data_lib.read_splits(builder)
+  lazy = data_lib.read_splits(builder, lazy_images=True)
+  for name in ('train', 'test'):
+    assert isinstance(lazy[name].images, ds_lib.SourceImages)
+    np.testing.assert_array_equal(lazy[name].ids, eager[name].ids)
+    positions = np.array([5, 0, 17, 5])
+    np.testing.assert_array_equal(lazy[name].images[positions], eager[name].images[positions])
+    part = lazy[name].take(np.arange(3, 9), 'part')
+    np.testing.assert_array_equal(part.images[np.arange(6)], eager[name].images[3:9])
+  assert lazy['train'].images.shape == eager['train'].images.shape

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Mapping
 
+import jax
+import numpy as np
 import tensorflow_datasets as tfds
 
 from medunlearn_jax import errors
@@ -48,16 +50,28 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[tfds.core.DatasetBuilder, ds_lib.Da
   return builder, info
 
 
-def read_splits(builder: tfds.core.DatasetBuilder,
-                names: tuple[str, ...] = ('train', 'val', 'test')) -> dict[str, ds_lib.Split]:
-  """Reads splits of a built dataset through `tfds.data_source` into host memory."""
+def read_splits(builder: tfds.core.DatasetBuilder, names: tuple[str, ...] = ('train', 'val', 'test'),
+                lazy_images: bool | None = None) -> dict[str, ds_lib.Split]:
+  """Reads splits of a built dataset through `tfds.data_source`.
+
+  Ids, labels and metadata are read into host memory. Images are too, except with `lazy_images` (default:
+  in multi-process runs), where each process reads image rows on demand, only those of its own devices.
+  """
+  lazy = jax.process_count() > 1 if lazy_images is None else lazy_images
   sources = builder.as_data_source()
+  skipping = (builder.as_data_source(decoders={ds_lib.IMAGE: tfds.decode.SkipDecoding()}) if lazy else None)
   out = {}
   for name in names:
     if name not in sources:
       raise errors.DataError(f'dataset {builder.name} has no split {name!r} (has {sorted(sources)})')
     source = sources[name]
-    out[name] = ds_lib.records_to_split(name, source.__getitems__(list(range(len(source)))))
+    rows = list(range(len(source)))
+    if not lazy:
+      out[name] = ds_lib.records_to_split(name, source.__getitems__(rows))
+      continue
+    # Image i is record i; records_to_split reorders both by id.
+    images = ds_lib.SourceImages(source, np.asarray(rows), tuple(builder.info.features[ds_lib.IMAGE].shape))
+    out[name] = ds_lib.records_to_split(name, skipping[name].__getitems__(rows), images=images)
   return out
 
 

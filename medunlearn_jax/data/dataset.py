@@ -7,7 +7,7 @@ labels, the stable per-example `id`, and whatever metadata the source carries (s
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,41 @@ ID, IMAGE, LABEL = 'id', 'image', 'label'
 SEX, AGE, PATIENT_ID = 'sex', 'age', 'patient_id'
 # Sex is stored as a short string; '' means unknown.
 SEX_VALUES = ('F', 'M')
+
+
+class SourceImages:
+  """The images of a split, read on demand from a TFDS data source (array_record random access).
+
+  Used in multi-process runs: every process holds ids, labels and metadata of the whole split (forget-set
+  selection needs them) but reads only the image rows that it feeds to its own devices.
+  Indexing with an array of positions returns a uint8 array; `subset` returns a lazy view.
+  """
+
+  def __init__(self, source: Any, rows: np.ndarray, image_shape: tuple[int, ...]):
+    self._source, self._rows, self._image_shape = source, np.asarray(rows, np.int64), tuple(image_shape)
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self._rows), *self._image_shape)
+
+  dtype = np.dtype(np.uint8)
+
+  def subset(self, index: np.ndarray) -> 'SourceImages':
+    return SourceImages(self._source, self._rows[index], self._image_shape)
+
+  def __getitem__(self, index) -> np.ndarray:
+    rows = np.atleast_1d(self._rows[index])
+    if rows.size == 0:
+      return np.zeros((0, *self._image_shape), np.uint8)
+    records = self._source.__getitems__([int(r) for r in rows])
+    return np.stack([np.asarray(r[IMAGE], np.uint8) for r in records])
+
+
+def _take(values: Any, index: np.ndarray) -> Any:
+  return values.subset(index) if isinstance(values, SourceImages) else values[index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +84,7 @@ class Split:
 
   def take(self, index: np.ndarray, name: str | None = None) -> Split:
     """The sub-split at positions `index` (integer positions or a boolean mask)."""
-    return Split(name or self.name, self.ids[index], self.images[index], self.labels[index],
+    return Split(name or self.name, self.ids[index], _take(self.images, index), self.labels[index],
                  {k: v[index] for k, v in self.meta.items()})
 
   def positions(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -76,12 +111,17 @@ class DatasetInfo:
   class_names: tuple[str, ...] = ()
 
 
-def records_to_split(name: str, records: Sequence[Mapping[str, np.ndarray]]) -> Split:
-  """Stacks decoded TFDS records (dicts of features) into a `Split`, sorted by id for determinism."""
+def records_to_split(name: str, records: Sequence[Mapping[str, np.ndarray]],
+                     images: SourceImages | None = None) -> Split:
+  """Stacks decoded TFDS records (dicts of features) into a `Split`, sorted by id for determinism.
+
+  With `images`, the records' images are left undecoded and read on demand from that source instead.
+  """
   if not records:
     raise errors.DataError(f'split {name!r} is empty')
   ids = np.asarray([r[ID] for r in records], dtype=np.int64)
-  images = np.stack([np.asarray(r[IMAGE]) for r in records]).astype(np.uint8)
+  if images is None:
+    images = np.stack([np.asarray(r[IMAGE]) for r in records]).astype(np.uint8)
   labels = np.asarray([np.asarray(r[LABEL]) for r in records], dtype=np.int64)
   meta = {}
   for key in records[0]:

@@ -1,0 +1,57 @@
+"""Models: the fast ResNet implementation keeps the parameter tree and the function of the stock Flax one."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medunlearn_jax import models
+
+STOCK = dict(conv_impl='flax', norm_impl='flax', barrier=False)
+
+
+@pytest.fixture(scope='module')
+def stock():
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 16, 16, 1)), jnp.float32)
+  model = models.make_model('resnet18', 3, **STOCK)
+  params = model.init(jax.random.key(0), x)['params']
+  return x, model, params
+
+
+def test_default_resnet_has_stock_parameters_and_outputs(stock):
+  x, model, params = stock
+  fast = models.make_model('resnet18', 3)
+  fast_params = fast.init(jax.random.key(0), x)['params']
+  assert jax.tree.structure(fast_params) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, fast_params, params)  # Same names, shapes and initialisers.
+  np.testing.assert_allclose(fast.apply({'params': params}, x), model.apply({'params': params}, x),
+                             rtol=1e-4, atol=1e-5)
+  assert [b[0] for b in models.blocks(params)][:2] == ['stem_conv', 'stage1_block1']
+
+
+@pytest.mark.parametrize('kwargs', [dict(conv_impl='xla'), dict(wgrad='taps'),
+                                    dict(conv_impl='flax', barrier=True)])
+def test_conv_variants_give_the_same_gradients(stock, kwargs):
+  """Convolution variants only change the backward pass, so ReLU masks agree and gradients match tightly."""
+  x, _, params = stock
+  loss = lambda m: (lambda p: jnp.sum(jax.nn.log_softmax(m.apply({'params': p}, x))[:, 0]))
+  want = jax.grad(loss(models.make_model('resnet18', 3, conv_impl='custom')))(params)
+  got = jax.grad(loss(models.make_model('resnet18', 3, **kwargs)))(params)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * float(jnp.abs(w).max()) + 1e-7)
+
+
+def test_small_cnn_unchanged():
+  x = jnp.zeros((1, 28, 28, 1))
+  params = models.make_model('small_cnn', 2).init(jax.random.key(0), x)['params']
+  assert sorted(params) == ['conv0', 'conv1', 'conv2', 'head', 'norm0', 'norm1', 'norm2']
+
+
+def test_bfloat16_compute_keeps_float32_parameters(stock):
+  x, _, params = stock
+  model = models.make_model('resnet18', 3, dtype='bfloat16')
+  p = model.init(jax.random.key(0), x)['params']
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(p))
+  out = model.apply({'params': params}, x)
+  ref = models.make_model('resnet18', 3).apply({'params': params}, x)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, ref, atol=0.1 * float(jnp.abs(ref).max()) + 0.05)

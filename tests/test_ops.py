@@ -1,0 +1,109 @@
+"""Custom-VJP convolution and GroupNorm match `jax.grad` of the plain implementations (float32), and the
+XLA:CPU backend options change speed, not numbers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medunlearn_jax import xla
+from medunlearn_jax.ops import conv as conv_lib
+from medunlearn_jax.ops import norm as norm_lib
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm((a - b).ravel()) / (jnp.linalg.norm(b.ravel()) + 1e-30))
+
+
+@pytest.mark.parametrize('size,k,stride,pad', [(8, 3, 1, 1), (8, 3, 2, 1), (7, 3, 2, 1), (8, 1, 2, 0),
+                                               (7, 1, 2, 0), (6, 1, 1, 0), (9, 7, 2, 3)])
+@pytest.mark.parametrize('wgrad,chunks', [('conv', 1), ('taps', 1), ('taps', 2)])
+def test_conv2d_vjp_matches_autodiff(size, k, stride, pad, wgrad, chunks):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+  plain = lambda x, w: conv_lib._conv(x, w, stride, [(pad, pad)] * 2)
+  y, vjp_plain = jax.vjp(plain, x, w)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  y2, vjp = jax.vjp(lambda x, w: conv_lib.conv2d(x, w, stride, pad, wgrad, chunks), x, w)
+  np.testing.assert_array_equal(y2, y)
+  for got, want in zip(vjp(dy), vjp_plain(dy)):
+    assert got.shape == want.shape
+    assert _rel(got, want) < 1e-5
+
+
+def test_conv2d_bfloat16_gradients_keep_dtypes():
+  x = jnp.ones((2, 6, 6, 3), jnp.bfloat16)
+  w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+  dx, dw = jax.grad(lambda x, w: conv_lib.conv2d(x, w, 2, 1).astype(jnp.float32).sum(), (0, 1))(x, w)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
+  ref = jax.grad(lambda x, w: conv_lib._conv(x, w, 2, [(1, 1)] * 2).astype(jnp.float32).sum(), (0, 1))(x, w)
+  np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(ref[0], np.float32), rtol=1e-2)
+  np.testing.assert_allclose(np.asarray(dw, np.float32), np.asarray(ref[1], np.float32), rtol=1e-2)
+
+
+@pytest.mark.parametrize('shape,groups', [((4, 5, 5, 64), 32), ((2, 6, 6, 8), 8), ((3, 4, 4, 12), 3)])
+def test_group_norm_vjp_matches_autodiff(shape, groups):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape) * 3 + 1, jnp.float32)
+  scale = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=shape[-1]), jnp.float32)
+  w = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  f = lambda fn: (lambda x, s, b: jnp.sum(w * jnp.sin(fn(x, s, b, groups))))
+  np.testing.assert_allclose(norm_lib.group_norm(x, scale, bias, groups),
+                             norm_lib.reference_group_norm(x, scale, bias, groups), atol=1e-6)
+  got = jax.grad(f(norm_lib.group_norm), (0, 1, 2))(x, scale, bias)
+  want = jax.grad(f(norm_lib.reference_group_norm), (0, 1, 2))(x, scale, bias)
+  for g, r in zip(got, want):
+    assert _rel(g, r) < 1e-5
+
+
+def test_group_norm_module_matches_flax():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4, 4, 16)), jnp.float32)
+  ours, theirs = norm_lib.GroupNorm(num_groups=4), nn.GroupNorm(num_groups=4)
+  p = theirs.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, p)
+  np.testing.assert_allclose(ours.apply(p, x), theirs.apply(p, x), atol=1e-5)
+
+
+def test_group_norm_closer_to_float64_on_offset_data():
+  """Two-pass variance: no cancellation when |mean| >> std (the stock one-pass formula loses digits)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  x64 = rng.normal(size=(2, 8, 8, 8)) * 0.01 + 30.0
+  x = jnp.asarray(x64, jnp.float32)
+  xg = x64.reshape(2, -1, 2, 4)
+  ref = ((xg - xg.mean((1, 3), keepdims=True)) / np.sqrt(xg.var((1, 3), keepdims=True) + 1e-6)).reshape(x64.shape)
+  ones, zeros = jnp.ones(8), jnp.zeros(8)
+  ours = np.asarray(norm_lib.group_norm(x, ones, zeros, 2), np.float64)
+  stock = np.asarray(nn.GroupNorm(num_groups=2).apply({'params': {'scale': ones, 'bias': zeros}}, x), np.float64)
+  assert np.abs(ours - ref).max() < np.abs(stock - ref).max()
+
+
+def test_compiler_options_keep_numerics():
+  """The XLA:CPU options chosen for training and eval programs give the same numbers as the defaults."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+  w1 = jnp.asarray(rng.normal(size=(3, 3, 3, 8)) * 0.2, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(3, 3, 8, 8)) * 0.2, jnp.float32)
+
+  def loss(w1, w2):
+    h = jax.nn.relu(conv_lib.conv2d(x, w1, 1, 1))
+    return jnp.mean(jnp.square(conv_lib.conv2d(h, w2, 2, 1)))
+
+  fn = jax.jit(jax.value_and_grad(loss, (0, 1)))
+  lowered = fn.lower(w1, w2)
+  base = lowered.compile()(w1, w2)
+  for kind in ('train', 'eval'):
+    tuned = xla.compile(lowered, kind, 'float32', options=xla.compiler_options(kind, 'float32', platform='cpu'))
+    for a, b in zip(jax.tree.leaves(tuned(w1, w2)), jax.tree.leaves(base)):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_compiler_options_off_switch(monkeypatch):
+  assert xla.compiler_options('train', 'float32', platform='gpu') == {}
+  monkeypatch.setenv('MEDUNLEARN_XLA_OPTIONS', 'default')
+  assert xla.compiler_options('train', 'float32', platform='cpu') == {}
+  with pytest.raises(ValueError):
+    monkeypatch.delenv('MEDUNLEARN_XLA_OPTIONS')
+    xla.compiler_options('nonsense', platform='cpu')
