@@ -182,7 +182,8 @@ def test_pipeline_writes_caches_results_and_report(tmp_path, synthetic_medmnist)
   res = pipeline.run_experiment(small_config(), workdir)
   for name, model in res['models'].items():
     assert {'gap_to_retrain', 'avg_gap', 'tow', 'mia', 'slices', 'cost', 'populations'} <= set(model), name
-    assert set(model['slices']) == {'class', 'difficulty', 'difficulty_margin'}  # MedMNIST: no sex, no age
+    # MedMNIST: no sex, no age; the original's per-epoch record gives the learning-dynamics tercile.
+    assert set(model['slices']) == {'class', 'difficulty', 'difficulty_margin', 'difficulty_learned'}
   assert res['models']['retrain']['avg_gap'] == 0.0
   assert res['evaluation']['slices_skipped']['sex'].startswith("cannot slice by 'sex'")
   original = cache_lib.load_cache(workdir / 'outputs' / 'original.npz')
