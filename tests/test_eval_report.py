@@ -192,7 +192,7 @@ def test_pipeline_writes_caches_results_and_report(tmp_path, synthetic_medmnist)
   assert np.isnan(original['difficulty_loss'][~train_rows]).all()
   assert json.loads((workdir / 'outputs' / 'costs.json').read_text()).keys() == res['models'].keys()
   assert (workdir / 'results.md').read_text().startswith('| model |')
-  assert len(list((workdir / 'plots').glob('*.png'))) == 6
+  assert len(list((workdir / 'plots').glob('*.png'))) == 7  # accuracy, mia/gap, cost, class, 3 difficulty
   # Every number is re-derived from the caches alone, identically.
   before = (workdir / 'results.json').read_text()
   again = results_lib.evaluate_workdir(workdir)
