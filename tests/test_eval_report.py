@@ -150,7 +150,8 @@ def test_report_files_and_plots(hand_workdir):
   assert '## Subgroups' in markdown and 'F − M: 50.00 [' in markdown
   rows = list(csv.DictReader((hand_workdir / 'results.csv').open()))
   assert [r['model'] for r in rows] == ['original', 'retrain', 'algo']
-  assert float(rows[2]['UA']) == 0.75 and float(rows[2]['seconds_vs_retrain']) == 0.2
+  relative_cost = float(rows[2]['seconds_vs_retrain'])  # From the hand-made costs, not a clock.
+  assert float(rows[2]['UA']) == 0.75 and relative_cost == 0.2
   assert float(rows[2]['ulira_accuracy']) == 0.625 and rows[1]['forgetting_quality'] == ''
   names = sorted(p.name for p in written['plots'])
   assert names == ['accuracy.png', 'cost_vs_avg_gap.png', 'difficulty.png', 'difficulty_margin.png',
