@@ -4,8 +4,10 @@
       config.json            the resolved config (a different config in the same workdir is an error)
       forget_manifest.json   forget ids, count, sha256, selector
       checkpoints/<stage>/   Orbax checkpoints of original, retrain and every algorithm
-      outputs/<model>.npz    per-example logits/labels/ids of every model on every split
-      results.json, results.md
+      outputs/<model>.npz    per-example cache: logits, loss, prediction, confidence, entropy, metadata
+      outputs/costs.json, outputs/info.json, outputs/original_epochs.npz (per-epoch correctness)
+      populations.json       (with --config.populations.n) forgetting quality and U-LiRA
+      results.json, results.md, results.csv, plots/*.png
 
 Each stage resumes from its latest checkpoint and is skipped when finished, so re-running the same command
 continues an interrupted experiment. Only process 0 writes files; Orbax coordinates checkpoint writes.
@@ -53,22 +55,9 @@ def is_writer() -> bool:
 
 
 def write_json(path: pathlib.Path, data: Any) -> None:
-  """Atomic JSON write (temp file + rename), by process 0 only."""
-  if not is_writer():
-    return
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=_json_default))
-  os.replace(tmp, path)
-
-
-def _json_default(value):
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (np.floating,)):
-    return float(value)
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f'not JSON serialisable: {type(value)}')
+  """Atomic JSON write (`results.write_json`), by process 0 only."""
+  if is_writer():
+    results_lib.write_json(path, data)
 
 
 def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -163,7 +152,7 @@ def init_params(exp: Experiment) -> Any:
 
 
 def _normalised(value: Any) -> Any:
-  return json.loads(json.dumps(value, default=_json_default))
+  return json.loads(json.dumps(value, default=results_lib._json_default))  # pylint: disable=protected-access
 
 
 def stage_hparams(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
