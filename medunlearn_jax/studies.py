@@ -63,7 +63,9 @@ def arms_of(config: ml_collections.ConfigDict) -> list[Arm]:
                              'forget.matched': True}) for s in ('F', 'M')]
   if study.kind == 'difficulty':
     return [Arm(f'difficulty_{a}', {'forget.selector': 'difficulty', 'forget.arm': a,
-                                    'forget.fraction': study.fraction}) for a in ('easiest', 'hardest', 'random')]
+                                    'forget.fraction': study.fraction,
+                                    'forget.per_class': bool(study.get('per_class', True))})
+            for a in ('easiest', 'hardest', 'random')]
   raise errors.ConfigError(f'unknown study kind {study.kind!r}; choose forget_size, sex or difficulty '
                            '(tuning has its own launcher)')
 

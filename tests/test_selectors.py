@@ -291,3 +291,17 @@ def test_disjointness_check_and_manifest_hash(tmp_path):
   (tmp_path / forget.MANIFEST_NAME).write_text(json.dumps(data))
   with pytest.raises(errors.DataError, match='inconsistent'):
     forget.read_manifest(tmp_path)
+
+
+def test_difficulty_per_class_keeps_every_class_in_the_retain_set():
+  ids = np.arange(30, dtype=np.int64)
+  labels = np.array([0] * 24 + [1] * 6)
+  split = ds_lib.Split('train', ids, np.zeros((30, 2, 2, 1), np.uint8), labels)
+  scores = np.where(labels == 1, 10.0, 0.0) + ids * 0.01  # The minority class is the hardest.
+  with pytest.raises(errors.UserError, match='no retain example'):
+    selectors.select(split, {'selector': 'difficulty', 'arm': 'hardest', 'fraction': 0.3}, seed=0,
+                     difficulty=scores)
+  manifest = selectors.select(split, {'selector': 'difficulty', 'arm': 'hardest', 'fraction': 0.3,
+                                      'per_class': True}, seed=0, difficulty=scores)
+  # 30 % of each class: the 7 hardest of class 0 (ids 17-23) and 2 hardest of class 1 (ids 28, 29).
+  assert manifest.ids.tolist() == [17, 18, 19, 20, 21, 22, 23, 28, 29]

@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.forget.min_age = placeholder(float)
   config.forget.max_age = placeholder(float)
   config.forget.arm = placeholder(str)
+  config.forget.per_class = placeholder(bool)  # difficulty: the same fraction within every class.
   config.forget.path = placeholder(str)
   config.forget.allow_partial_patients = placeholder(bool)
 

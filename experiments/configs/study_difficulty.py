@@ -1,5 +1,6 @@
 r"""Study 3, difficulty: forget the easiest, the hardest, or a random tercile of the training set, scored by
-the original model's per-example loss; report per arm.
+the original model's per-example loss (taken within every class, since on RetinaMNIST the globally hardest
+tercile holds every example of the minority grades and would empty them from the retain set); report per arm.
 
 Command:
   MEDUNLEARN_DATA_DIR=../shared/data .venv/bin/python -m experiments.study \

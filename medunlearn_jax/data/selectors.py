@@ -323,11 +323,14 @@ def age_range(train: ds_lib.Split, *, seed: int, difficulty: np.ndarray | None =
 
 @register('difficulty')
 def by_difficulty(train: ds_lib.Split, *, seed: int, difficulty: np.ndarray | None = None, arm: str,
-                  fraction: float | None = None, count: int | None = None) -> forget.ForgetManifest:
+                  fraction: float | None = None, count: int | None = None,
+                  per_class: bool = False) -> forget.ForgetManifest:
   """The easiest, hardest or a random tercile (by default) of the training images by difficulty score.
 
   `difficulty[i]` scores `train` row i, higher = harder; ties are broken by id so the choice is
   deterministic. The 'random' arm (same size, random images) is the control and needs no scores.
+  With `per_class` the same fraction is taken within every class (single-label tasks): on imbalanced data
+  the globally hardest examples are often all of a minority class, which would leave it out of the retain set.
   """
   if arm not in ARMS:
     raise errors.UserError(f'difficulty: arm must be one of {ARMS}, got {arm!r}')
@@ -347,8 +350,19 @@ def by_difficulty(train: ds_lib.Split, *, seed: int, difficulty: np.ndarray | No
     raise errors.UserError(f'difficulty: {int(np.sum(~np.isfinite(scores)))} score(s) are NaN or infinite')
   if k > len(train):
     raise errors.UserError(f'difficulty: asked for {k} of {len(train)} training images')
-  order = np.lexsort((train.ids, scores))  # ascending score, then id
-  pos = order[:k] if arm == 'easiest' else order[len(order) - k:]
+  def extreme(rows: np.ndarray, n: int) -> np.ndarray:
+    order = rows[np.lexsort((train.ids[rows], scores[rows]))]  # ascending score, then id
+    return order[:n] if arm == 'easiest' else order[len(order) - n:]
+
+  if per_class:
+    if train.labels.ndim != 1:
+      raise errors.UserError('difficulty: per_class needs a single-label task')
+    share = k / len(train)
+    pos = np.concatenate([extreme(rows, int(round(share * len(rows))))
+                          for rows in (np.flatnonzero(train.labels == c) for c in np.unique(train.labels))])
+    params['per_class'] = True
+  else:
+    pos = extreme(np.arange(len(train)), k)
   params['scores_sha256'] = hashlib.sha256(scores.astype('<f8').tobytes()).hexdigest()
   return forget.make_manifest(train, train.ids[pos], selector='difficulty', params=params, seed=seed)
 
