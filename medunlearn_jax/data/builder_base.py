@@ -3,6 +3,8 @@ feature schema of the medical datasets (stable id, image, label, patient id, sex
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 import sys
 from typing import Any
 
@@ -11,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medunlearn_jax.data import dataset as ds_lib
+from medunlearn_jax.data import paths
 
 
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -22,6 +25,18 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # TFDS's default looks the package up through `importlib_resources`, which TFDS 4.9.10 needs but does
     # not install; the module file is what it would find (no checksums.tsv beside it).
     return epath.Path(sys.modules[cls.__module__].__file__)
+
+
+class PatientBuilder(LocalBuilder, skip_registration=True):
+  """A builder reading a manual folder (`raw_dir`, default `$MEDUNLEARN_DATA_DIR/<RAW_FAMILY>`) whose
+  splits are drawn by patient with `split_seed`."""
+  RAW_FAMILY = ''
+
+  def __init__(self, *, raw_dir: str | os.PathLike | None = None, split_seed: int = 0, **kwargs):
+    self._raw_dir = (pathlib.Path(raw_dir).expanduser().resolve() if raw_dir is not None
+                     else paths.raw_dir(self.RAW_FAMILY))
+    self._split_seed = int(split_seed)
+    super().__init__(**kwargs)
 
 
 @dataclasses.dataclass(eq=False)

@@ -169,7 +169,7 @@ def read_rows(csv_path: pathlib.Path, id_offset: int) -> list[Row]:
 CheXpertConfig = builder_base.TaskConfig
 
 
-class ChexpertFrontal(builder_base.LocalBuilder):
+class ChexpertFrontal(builder_base.PatientBuilder):
   """CheXpert frontal radiographs (Irvin et al., AAAI 2019) with patient id, sex, age and view.
 
   Extra constructor arguments (besides TFDS's `data_dir`, `config`, ...):
@@ -177,17 +177,12 @@ class ChexpertFrontal(builder_base.LocalBuilder):
     split_seed: seed of the train/val patient split (recorded in the metadata).
   """
   name = BUILDER_NAME
+  RAW_FAMILY = FAMILY
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Frontal images; valid.csv as test; ids = CSV rows; patient-disjoint splits.'}
   BUILDER_CONFIGS = [CheXpertConfig(name=f'{t}_{s}', task=t, image_size=s,
                                     description=f'{t} task at {s}x{s} px, grayscale, frontal views')
                      for t in TASKS for s in SIZES]
-
-  def __init__(self, *, raw_dir: str | os.PathLike | None = None, split_seed: int = 0, **kwargs):
-    self._raw_dir = (pathlib.Path(raw_dir).expanduser().resolve() if raw_dir is not None
-                     else paths.raw_dir(FAMILY))
-    self._split_seed = int(split_seed)
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     task, size = self.builder_config.task, self.builder_config.image_size

@@ -175,7 +175,7 @@ def _label(findings: tuple[str, ...], task: str) -> Any:
 NIHConfig = builder_base.TaskConfig
 
 
-class NihChestXray14(builder_base.LocalBuilder):
+class NihChestXray14(builder_base.PatientBuilder):
   """NIH ChestX-ray14 (Wang et al., CVPR 2017) with patient id, sex, age, view and follow-up number.
 
   Extra constructor arguments (besides TFDS's `data_dir`, `config`, ...):
@@ -183,17 +183,12 @@ class NihChestXray14(builder_base.LocalBuilder):
     split_seed: seed of the patient split (recorded in the metadata).
   """
   name = FAMILY
+  RAW_FAMILY = FAMILY
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Official layout; ids = CSV row; patient-disjoint splits.'}
   BUILDER_CONFIGS = [NIHConfig(name=f'{t}_{s}', task=t, image_size=s,
                                description=f'{t} task at {s}x{s} px, grayscale')
                      for t in TASKS for s in SIZES]
-
-  def __init__(self, *, raw_dir: str | os.PathLike | None = None, split_seed: int = 0, **kwargs):
-    self._raw_dir = (pathlib.Path(raw_dir).expanduser().resolve() if raw_dir is not None
-                     else paths.raw_dir(FAMILY))
-    self._split_seed = int(split_seed)
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     task, size = self.builder_config.task, self.builder_config.image_size
