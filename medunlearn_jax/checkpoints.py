@@ -47,7 +47,8 @@ class StageCheckpoints:
           self.directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False),
-          item_names=('state', 'meta'))
+          # Handlers named up front, so that a fresh manager can read a saved tree's metadata.
+          item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -79,6 +80,24 @@ class StageCheckpoints:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['meta'])
+
+  def restore_params(self, sharding: jax.sharding.Sharding, step: int | None = None
+                     ) -> tuple[PyTree, dict[str, Any]]:
+    """The `params` of a saved state and its metadata, without a template of the whole state.
+
+    The saved tree's own metadata gives the shapes, so a finished stage can be loaded without rebuilding
+    its optimizer and context (e.g. without re-running SSD's Fisher pass); every array is placed with
+    `sharding` (replicated in this codebase).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    with _quiet():
+      tree = self._manager.item_metadata(step)['state'].tree
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored['state']['params'], dict(restored['meta'])
 
   def close(self) -> None:
     with _quiet():

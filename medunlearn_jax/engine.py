@@ -397,6 +397,9 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       loop_start = time.perf_counter()
   if last_metrics is not None:
     check_finite(last_metrics, last_step)
+  if total == 0 and start == 0:
+    # A training-free algorithm (SSD) still records that its stage finished, with its prepare cost.
+    save(0)
   return state.params, cost
 
 

@@ -314,26 +314,65 @@ def read_epochs(workdir: pathlib.Path) -> dict[str, Any] | None:
     return {'ids': data['ids'], 'epochs': {int(k.split('_')[1]): data[k] for k in data.files if k != 'ids'}}
 
 
-def build_algorithm(exp: Experiment, name: str, original_params: Any,
-                    hparams: ml_collections.ConfigDict | None = None) -> tuple[base.Algorithm, Any, Any, float]:
-  """An algorithm of the run with its starting parameters, context and the seconds `prepare` took."""
-  c = exp.config
+def make_algorithm(exp: Experiment, name: str, hparams: ml_collections.ConfigDict | None = None
+                   ) -> base.Algorithm:
+  """The registered algorithm `name` built for this run's problem, set sizes and batch size."""
   sizes = {k: len(v) for k, v in exp.splits.items()}
-  algorithm = algorithms.get(name).build(exp.problem, hparams or c.algo[name], sizes, c.batch_size)
-  rng = jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(name.encode()))
+  return algorithms.get(name).build(exp.problem, hparams or exp.config.algo[name], sizes, exp.config.batch_size)
+
+
+def prepare_algorithm(exp: Experiment, algorithm: base.Algorithm, original_params: Any
+                      ) -> tuple[Any, Any, float]:
+  """Runs `algorithm.prepare`: (starting parameters, context, seconds it took)."""
+  c = exp.config
+  rng = jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(algorithm.name.encode()))
   t0 = time.perf_counter()
   start, context = algorithm.prepare(original_params, exp.splits, rng, engine.Env(exp.mesh, c.batch_size, c.seed))
   jax.block_until_ready((start, context))
-  return algorithm, start, context, time.perf_counter() - t0
+  return start, context, time.perf_counter() - t0
+
+
+def build_algorithm(exp: Experiment, name: str, original_params: Any,
+                    hparams: ml_collections.ConfigDict | None = None) -> tuple[base.Algorithm, Any, Any, float]:
+  """An algorithm of the run with its starting parameters, context and the seconds `prepare` took."""
+  algorithm = make_algorithm(exp, name, hparams)
+  return (algorithm, *prepare_algorithm(exp, algorithm, original_params))
+
+
+def load_finished_stage(exp: Experiment, stage: str, algorithm: base.Algorithm
+                        ) -> tuple[Any, engine.Cost] | None:
+  """(parameters, cost) of a stage that finished earlier with the same hyper-parameters, else None.
+
+  Loading only the parameters skips the algorithm's `prepare` (SSD's Fisher pass, SalUn's saliency mask...),
+  which a resumed study would otherwise repeat for every finished stage.
+  """
+  checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
+  try:
+    saved = checkpoints.read_meta()
+    if not saved or not saved.get('done') or _normalised(saved.get('hparams')) != _normalised(algorithm.hparams):
+      return None
+    params, saved = checkpoints.restore_params(engine.replicated(exp.mesh))
+  finally:
+    checkpoints.close()
+  logging.info('stage %s: finished earlier, loaded without re-running prepare', stage)
+  return params, engine.Cost(**saved['cost'])
+
+
+def run_algorithm_stage(exp: Experiment, name: str, original_params: Any) -> tuple[Any, engine.Cost]:
+  """Runs or resumes one algorithm's stage from the original model; a finished one is only loaded."""
+  algorithm = make_algorithm(exp, name)
+  finished = load_finished_stage(exp, name, algorithm)
+  if finished is not None:
+    return finished
+  start, context, prepare_seconds = prepare_algorithm(exp, algorithm, original_params)
+  return run_stage(exp, name, algorithm, exp.splits, start, context, prepare_seconds=prepare_seconds)
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs the whole pipeline and returns the results dict (also written to workdir/results.json)."""
   exp, trained, costs = train_references(config, workdir)
   for name in algorithm_names(exp.config):
-    algorithm, start, context, prepare_seconds = build_algorithm(exp, name, trained['original'])
-    trained[name], costs[name] = run_stage(exp, name, algorithm, exp.splits, start, context,
-                                           prepare_seconds=prepare_seconds)
+    trained[name], costs[name] = run_algorithm_stage(exp, name, trained['original'])
   if exp.config.populations.n > 0:
     write_json(exp.workdir / 'populations.json', run_populations(exp, trained['original']))
   return evaluate(exp, trained, costs)

@@ -119,6 +119,20 @@ def test_mia_efficacy_sanity():
   assert privacy.mia_efficacy(retain, test, forget, seed=4) == privacy.mia_efficacy(retain, test, forget, seed=4)
 
 
+def test_mia_efficacy_cap_subsamples_the_attack_training_set(monkeypatch):
+  rng = np.random.default_rng(2)
+  retain, test = rng.uniform(0.9, 1.0, 400), rng.uniform(0.1, 0.6, 300)
+  fitted = []
+  real_fit = privacy.svm.SVC.fit
+  monkeypatch.setattr(privacy.svm.SVC, 'fit', lambda self, x, y: fitted.append(np.bincount(y)) or real_fit(self, x, y))
+  forget = rng.uniform(0.1, 0.6, 50)
+  assert privacy.mia_efficacy(retain, test, forget, max_per_side=64) > 0.95
+  assert privacy.mia_efficacy(retain, test, forget, max_per_side=None) > 0.95
+  assert [list(c) for c in fitted] == [[64, 64], [300, 300]]
+  with pytest.raises(ValueError, match='max_per_side'):
+    privacy.mia_efficacy(retain, test, forget, max_per_side=0)
+
+
 def test_ulira_by_hand():
   # Unlearned scores {0, 2}: mean 1, unbiased var 2. Retrained {4, 6}: mean 5, var 2. Target score 1:
   # LLR = [-(1-1)^2 / 4] - [-(1-5)^2 / 4] = 4 (the normalisers cancel).

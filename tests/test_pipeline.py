@@ -90,6 +90,20 @@ def test_crashed_run_resumes_to_the_same_result(tmp_path, synthetic_medmnist, mo
   assert resumed['models']['retrain']['cost']['steps'] == reference['models']['retrain']['cost']['steps']
 
 
+def test_finished_stages_load_without_rerunning_prepare(tmp_path, synthetic_medmnist, monkeypatch):
+  config = small_config(algorithms='finetune,ssd')
+  first = pipeline.run_experiment(config, tmp_path)
+
+  def no_prepare(*args, **kwargs):
+    raise AssertionError('prepare ran for a finished stage')
+
+  monkeypatch.setattr(pipeline, 'prepare_algorithm', no_prepare)
+  second = pipeline.run_experiment(config, tmp_path)
+  for model in ('finetune', 'ssd'):
+    assert second['models'][model]['test'] == first['models'][model]['test']
+    assert second['models'][model]['cost'] == first['models'][model]['cost']
+
+
 def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, synthetic_medmnist):
   workdir = tmp_path / 'run'
   pipeline.run_experiment(small_config(), workdir)
