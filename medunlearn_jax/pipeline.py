@@ -15,6 +15,7 @@ continues an interrupted experiment. Only process 0 writes files; Orbax coordina
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -121,6 +122,12 @@ class Experiment:
   problem: base.Problem
   mesh: jax.sharding.Mesh
 
+  @functools.cached_property
+  def predict(self):
+    """The run's one jitted prediction function: the per-epoch record, the difficulty scores and the
+    evaluation all call it, so each batch shape compiles once per run."""
+    return engine.make_predict(self.problem, self.mesh)
+
   @property
   def options(self) -> engine.RunOptions:
     c = self.config
@@ -207,7 +214,7 @@ def erm_algorithm(exp: Experiment, stream: str) -> base.Algorithm:
 def difficulty_scores(exp: Experiment, params: Any) -> np.ndarray:
   """Per-example difficulty of the training split: the original model's cross-entropy (higher = harder)."""
   from medunlearn_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
-  logits = engine.predict_split(engine.make_predict(exp.problem, exp.mesh), params, exp.splits['train'],
+  logits = engine.predict_split(exp.predict, params, exp.splits['train'],
                                 batch_size=exp.config.eval_batch_size, mesh=exp.mesh)
   return metrics.per_example_loss(logits, exp.splits['train'].labels)
 
@@ -286,7 +293,7 @@ def epoch_recorder(exp: Experiment):
   """
   from medunlearn_jax.algorithms import base as base_lib  # pylint: disable=g-import-not-at-top
   path = exp.workdir / 'outputs' / EPOCHS_FILE
-  predict = engine.make_predict(exp.problem, exp.mesh)
+  predict = exp.predict
   train = exp.splits['train']
 
   def record(epoch: int, params: Any) -> None:
@@ -412,7 +419,7 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
   from medunlearn_jax.evaluation import cache as cache_lib
   from medunlearn_jax.evaluation import report as report_lib
   # pylint: enable=g-import-not-at-top
-  predict = engine.make_predict(exp.problem, exp.mesh)
+  predict = exp.predict
   caches = {}
   for model_name, params in trained.items():
     logits = {s: engine.predict_split(predict, params, exp.splits[s], batch_size=exp.config.eval_batch_size,

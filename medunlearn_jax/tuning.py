@@ -119,7 +119,7 @@ def tune_algorithm(exp: pipeline.Experiment, name: str, original: Any, reference
 def run_tuning(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains (or loads) the original and retrained models, then tunes every configured algorithm."""
   exp, trained, costs = pipeline.train_references(config, workdir)
-  predict = engine.make_predict(exp.problem, exp.mesh)
+  predict = exp.predict
   reference = {s: _accuracy(engine.predict_split(predict, trained['retrain'], exp.splits[s],
                                                  batch_size=config.eval_batch_size, mesh=exp.mesh),
                             exp.splits[s].labels) for s in SPLITS}

@@ -104,6 +104,15 @@ def test_finished_stages_load_without_rerunning_prepare(tmp_path, synthetic_medm
     assert second['models'][model]['cost'] == first['models'][model]['cost']
 
 
+def test_one_prediction_program_per_run(tmp_path, synthetic_medmnist, monkeypatch):
+  # The per-epoch record, the difficulty-selected forget set and the evaluation share one jitted predict.
+  made = []
+  real = pipeline.engine.make_predict
+  monkeypatch.setattr(pipeline.engine, 'make_predict', lambda *a, **k: made.append(1) or real(*a, **k))
+  pipeline.run_experiment(small_config(**{'forget.selector': 'difficulty', 'forget.arm': 'hardest'}), tmp_path)
+  assert len(made) == 1
+
+
 def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, synthetic_medmnist):
   workdir = tmp_path / 'run'
   pipeline.run_experiment(small_config(), workdir)
