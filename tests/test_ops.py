@@ -7,6 +7,7 @@ import pytest
 
 from medunlearn_jax import xla
 from medunlearn_jax.ops import conv as conv_lib
+from medunlearn_jax.ops import native
 from medunlearn_jax.ops import norm as norm_lib
 
 
@@ -16,7 +17,7 @@ def _rel(a, b):
 
 @pytest.mark.parametrize('size,k,stride,pad', [(8, 3, 1, 1), (8, 3, 2, 1), (7, 3, 2, 1), (8, 1, 2, 0),
                                                (7, 1, 2, 0), (6, 1, 1, 0), (9, 7, 2, 3)])
-@pytest.mark.parametrize('wgrad,chunks', [('conv', 1), ('taps', 1), ('taps', 2)])
+@pytest.mark.parametrize('wgrad,chunks', [('conv', 1), ('taps', 1), ('taps', 2), ('auto', 1)])
 def test_conv2d_vjp_matches_autodiff(size, k, stride, pad, wgrad, chunks):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32)
@@ -29,6 +30,44 @@ def test_conv2d_vjp_matches_autodiff(size, k, stride, pad, wgrad, chunks):
   for got, want in zip(vjp(dy), vjp_plain(dy)):
     assert got.shape == want.shape
     assert _rel(got, want) < 1e-5
+
+
+needs_native = pytest.mark.skipif(not native.available(), reason='native kernel not built (no g++ or AVX-512)')
+
+
+@needs_native
+@pytest.mark.parametrize('size,k,stride,pad,ci,co', [(8, 3, 1, 1, 4, 64), (7, 3, 2, 1, 8, 64), (8, 1, 2, 0, 4, 128),
+                                                     (9, 7, 2, 3, 4, 64), (5, 3, 1, 0, 12, 64), (3, 3, 1, 2, 4, 64)])
+def test_native_weight_gradient_matches_autodiff(size, k, stride, pad, ci, co):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, size, size, ci)), jnp.float32)
+  w = jnp.zeros((k, k, ci, co), jnp.float32)
+  y, vjp = jax.vjp(lambda w: conv_lib._conv(x, w, stride, [(pad, pad)] * 2), w)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  got = jax.jit(lambda x, dy: native.conv_wgrad(x, dy, (k, k), stride, (pad, pad)))(x, dy)
+  assert got.shape == w.shape
+  assert _rel(got, vjp(dy)[0]) < 1e-5
+  # Inside conv2d's VJP, and vmapped over a population of models (one kernel call per model).
+  _, vjp_native = jax.vjp(lambda w: conv_lib.conv2d(x, w, stride, pad, 'native'), w)
+  assert _rel(vjp_native(dy)[0], vjp(dy)[0]) < 1e-5
+  batched = jax.vmap(lambda x, dy: native.conv_wgrad(x, dy, (k, k), stride, (pad, pad)))(
+      jnp.stack([x, 2 * x]), jnp.stack([dy, dy]))
+  assert _rel(batched[1], 2 * vjp(dy)[0]) < 1e-5
+
+
+def test_native_kernel_gates(monkeypatch):
+  # The test session has 8 (fake) CPU devices: 'auto' keeps XLA's convolution there.
+  assert jax.device_count() > 1 and not native.supports((2, 8, 8, 64), (2, 8, 8, 64), jnp.float32)
+  assert not native.supports((2, 8, 8, 3), (2, 8, 8, 64), jnp.float32)
+  assert not native.supports((2, 8, 8, 64), (2, 8, 8, 64), jnp.bfloat16)
+  native.available.cache_clear()
+  monkeypatch.setenv('MEDUNLEARN_NATIVE', '0')
+  try:
+    assert not native.available()
+  finally:
+    native.available.cache_clear()
+  with pytest.raises(ValueError, match='unknown wgrad mode'):
+    conv_lib._weight_grad(jnp.ones((1, 4, 4, 4)), jnp.ones((1, 4, 4, 64)), (3, 3, 4, 64), 1, 1, 'fast', 1)
 
 
 def test_conv2d_bfloat16_gradients_keep_dtypes():

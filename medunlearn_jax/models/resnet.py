@@ -12,7 +12,8 @@ Implementation switches (same parameters and float32 function either way; see `b
     variance, closed-form VJP);
   barrier: `lax.optimization_barrier` on convolution inputs (stops XLA recomputing the norm chain in the
     backward pass);
-  wgrad / wgrad_chunks: how the custom convolution computes weight gradients ('conv' or 'taps', and the
+  wgrad / wgrad_chunks: how the custom convolution computes weight gradients ('auto', 'native', 'conv' or
+    'taps', see `ops.conv`; and the
     number of batch chunks accumulated on feature maps of 28x28 and more).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from medunlearn_jax import ops
 
 # The defaults are what measured fastest on XLA:CPU with equal numerics (benchmarks/PERF_NOTES.md).
-DEFAULT_IMPL = dict(conv_impl='custom', norm_impl='custom', barrier=True, wgrad='conv', wgrad_chunks=1)
+DEFAULT_IMPL = dict(conv_impl='custom', norm_impl='custom', barrier=True, wgrad='auto', wgrad_chunks=1)
 
 
 class _Impl(nn.Module):

@@ -9,8 +9,10 @@ with the batch as the contraction dimension. Here:
   kernel taps that reach each parity (for a 3x3 stride-2 kernel: 1x1, 1x2, 2x1 and 2x2 sub-kernels), then
   interleaved; no multiply-add hits an inserted zero;
 * weight gradient: `wgrad='conv'` uses XLA's own weight-gradient convolution; `wgrad='taps'` computes one
-  (Ci x B*H*W) @ (B*H*W x Co) matrix product per kernel tap; `wgrad_chunks=n` accumulates either over n
-  batch chunks (smaller working set on large feature maps).
+  (Ci x B*H*W) @ (B*H*W x Co) matrix product per kernel tap; `wgrad='native'` calls the AVX-512 kernel of
+  `ops.native` (XLA FFI; skips taps on padding); `wgrad='auto'` (the ResNet default) takes 'native' where
+  that kernel supports the shapes and measured faster (output maps of at least `NATIVE_MIN_POSITIONS`
+  positions), else 'conv'; `wgrad_chunks=n` accumulates 'conv'/'taps' over n batch chunks.
 
 `barrier=True` puts `lax.optimization_barrier` on the convolution input, so that the tensor saved for the
 backward pass is materialised once, instead of XLA recomputing the producer chain (GroupNorm, ReLU,
@@ -26,7 +28,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from medunlearn_jax.ops import native
+
 _DN = ('NHWC', 'HWIO', 'NHWC')
+
+# Output positions (Ho * Wo) from which the native weight gradient beat XLA's (benchmarks/PERF_NOTES.md).
+NATIVE_MIN_POSITIONS = 49
 
 
 def _conv(x, w, stride: int, pad: Sequence[tuple[int, int]]):
@@ -74,6 +81,13 @@ def _input_grad(dy, w, x_shape, stride: int, pad: int):
 def _weight_grad(x, dy, w_shape, stride: int, pad: int, mode: str, chunks: int):
   kh, kw, ci, co = w_shape
   pads = [(pad, pad), (pad, pad)]
+  if mode == 'auto':
+    fast = dy.shape[1] * dy.shape[2] >= NATIVE_MIN_POSITIONS and native.supports(x.shape, dy.shape, x.dtype)
+    mode = 'native' if fast else 'conv'
+  if mode == 'native':
+    return native.conv_wgrad(x, dy, (kh, kw), stride, (pad, pad))
+  if mode not in ('conv', 'taps'):
+    raise ValueError(f"unknown wgrad mode {mode!r}; choose 'auto', 'native', 'conv' or 'taps'")
 
   def one(xc, dyc):
     if mode == 'conv':
