@@ -114,7 +114,8 @@ def make_case(mode: str, size: int, mesh):
     t0 = time.perf_counter()
     lowered = predict.lower(params, batch)
     compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
-    return compiled, (params, batch), FLAGS.batch, time.perf_counter() - t0, False, _flops(lowered)
+    compile_s = time.perf_counter() - t0
+    return compiled, (params, batch), FLAGS.batch, compile_s, False, engine.program_flops(lowered)
 
   def loss(p, batches, context, key):
     del context, key
@@ -134,19 +135,8 @@ def make_case(mode: str, size: int, mesh):
   lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
   compiled = _compile(lowered, 'train')
   compile_s = time.perf_counter() - t0
-  return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, _flops(lowered)
-
-
-def _flops(lowered) -> float:
-  """XLA's FLOP estimate of a lowered program (before library custom calls hide convolutions; 0 where the
-  backend has no cost analysis)."""
-  try:
-    analysis = lowered.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get('flops', 0.0))
-  except Exception:  # pylint: disable=broad-except
-    return 0.0
+  flops = engine.program_flops(lowered, lambda: jax.jit(lambda *a: step(*a)).lower(state, batch, key))
+  return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, flops
 
 
 def _memory_mib(compiled) -> dict:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from medunlearn_jax import engine
 from medunlearn_jax import xla
 from medunlearn_jax.ops import conv as conv_lib
 from medunlearn_jax.ops import native
@@ -53,6 +54,18 @@ def test_native_weight_gradient_matches_autodiff(size, k, stride, pad, ci, co):
   batched = jax.vmap(lambda x, dy: native.conv_wgrad(x, dy, (k, k), stride, (pad, pad)))(
       jnp.stack([x, 2 * x]), jnp.stack([dy, dy]))
   assert _rel(batched[1], 2 * vjp(dy)[0]) < 1e-5
+
+
+@needs_native
+def test_program_flops_count_native_kernels():
+  # XLA's cost analysis sees a custom call as 0 FLOPs; costs must not depend on which kernel ran.
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 64))
+  grad = lambda mode: (lambda x, w: jax.grad(lambda w: conv_lib.conv2d(x, w, 1, 1, mode).sum())(w))
+  lowered = jax.jit(grad('native')).lower(x, w)
+  assert native.TARGET in lowered.as_text()
+  reference = engine.program_flops(jax.jit(grad('conv')).lower(x, w))
+  assert engine.program_flops(lowered) < reference
+  assert engine.program_flops(lowered, lambda: jax.jit(lambda *a: grad('native')(*a)).lower(x, w)) == reference
 
 
 def test_native_kernel_gates(monkeypatch):

@@ -5,7 +5,8 @@ tercile holds every example of the minority grades and would empty them from the
 Command:
   MEDUNLEARN_DATA_DIR=../shared/data .venv/bin/python -m experiments.study \
       --config=experiments/configs/study_difficulty.py --workdir=runs/study_difficulty
-Expected runtime: about 8 minutes on a 2-core CPU (RetinaMNIST 28 px, small CNN, 2 seeds); 1 minute on a GPU.
+Runtime, measured on an idle 2-core CPU (make reproduce, 3 algorithms): 304 s for 3 arms x 2 seeds
+(RetinaMNIST 28 px, small CNN); with scrub (this config) about 6 minutes. On one GPU: not measured.
 Expected result (the paper's finding): algorithms can be biased toward easy or hard samples — forgetting the
 hardest tercile moves forget accuracy furthest from the original, and the gap to retrain differs by arm.
 """

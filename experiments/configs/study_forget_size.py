@@ -6,8 +6,10 @@ Command:
       --config=experiments/configs/study_forget_size.py --workdir=runs/study_forget_size
   # on NIH ChestX-ray14 with patient-level arms as well:
   #   ... --config.dataset.name=nih_chestxray14 --config.dataset.task=binary --config.study.patients=True
-Expected runtime: about 15 minutes on a 2-core CPU (RetinaMNIST 28 px, small CNN, 2 seeds, 5 sizes);
-about 1-2 minutes on one GPU.
+Runtime, measured on an idle 2-core CPU (make reproduce, 2026-11-25): 348 s for the reduced RetinaMNIST run
+(3 sizes x 2 seeds, 3 algorithms, about 58 s per size and seed); this full config (5 sizes, 4 algorithms)
+extrapolates to about 11 minutes. NIH patients (2 sizes x images/patients x 2 seeds, 8 epochs): 296 s.
+On one GPU: not measured (no GPU was lent while this was written).
 Expected result (the paper's finding): retain/forget behaviour holds up across sizes, while test accuracy of
 the retrained and unlearned models falls as the forget set grows; the gap to retrain widens with size.
 """

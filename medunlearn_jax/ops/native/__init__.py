@@ -1,7 +1,8 @@
 """Native XLA:CPU kernels, called through the XLA FFI (`jax.ffi.ffi_call`), built from source on first use.
 
 `conv_wgrad.cc` holds the weight gradient of a 2-D convolution (NHWC / HWIO, float32, AVX-512), which
-XLA's own convolution computes 1.7-2x slower than oneDNN on 28x28 feature maps (benchmarks/PERF_NOTES.md).
+XLA's own convolution computes 1.7-2x slower than oneDNN on 28x28 feature maps; `conv_fwd.cc` a stride-1
+convolution that skips padded taps, for small maps where XLA multiplies many zeros (benchmarks/PERF_NOTES.md).
 The shared library is compiled with the system C++ compiler (`$CXX`, default `g++`) against the FFI headers
 that ship with jaxlib, into `$MEDUNLEARN_NATIVE_CACHE` (default `~/.cache/medunlearn_jax`), keyed by the
 source and jaxlib version; no binary is downloaded or committed. When there is no compiler, the CPU lacks
@@ -9,6 +10,7 @@ AVX-512, or `MEDUNLEARN_NATIVE=0` is set, `available()` is False and callers kee
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -17,14 +19,30 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+import threading
 
 from absl import logging
 import jax
 import jaxlib
 import numpy as np
 
-_SOURCE = pathlib.Path(__file__).with_name('conv_wgrad.cc')
-_TARGET = 'medunlearn_conv_wgrad'
+_SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_wgrad.cc', 'conv_fwd.cc'))
+TARGET = 'medunlearn_conv_wgrad'
+FWD_TARGET = 'medunlearn_conv_fwd'
+TARGETS = (TARGET, FWD_TARGET)
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+  """Programs traced within this context use XLA's convolution instead of the kernel, whatever mode asked
+  for it (used to count a program's FLOPs: XLA's cost analysis does not see inside custom calls)."""
+  before = getattr(_local, 'off', False)
+  _local.off = True
+  try:
+    yield
+  finally:
+    _local.off = before
 
 
 def _cpu_has_avx512() -> bool:
@@ -36,7 +54,7 @@ def _cpu_has_avx512() -> bool:
 
 
 def _build(cache: pathlib.Path) -> pathlib.Path:
-  source = _SOURCE.read_bytes()
+  source = b''.join(f.read_bytes() for f in _SOURCES)
   key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
   out = cache / f'libmedunlearn_conv_wgrad_{key}.so'
   if out.exists():
@@ -50,7 +68,7 @@ def _build(cache: pathlib.Path) -> pathlib.Path:
     # Built under a temporary name and renamed: concurrent processes never load a half-written library.
     partial = pathlib.Path(tmp) / out.name
     subprocess.run([compiler, '-O3', '-march=x86-64-v4', '-std=c++17', '-shared', '-fPIC', '-w',
-                    f'-I{include}', str(_SOURCE), '-o', str(partial)], check=True, capture_output=True, text=True)
+                    f'-I{include}', *map(str, _SOURCES), '-o', str(partial)], check=True, capture_output=True, text=True)
     os.replace(partial, out)
   for stale in cache.glob('libmedunlearn_conv_wgrad_*.so'):
     if stale != out:  # Builds of older sources (a process that loaded one keeps its mapping).
@@ -60,7 +78,7 @@ def _build(cache: pathlib.Path) -> pathlib.Path:
 
 @functools.cache
 def available() -> bool:
-  """Whether the native weight-gradient kernel is built, loaded and registered for XLA:CPU."""
+  """Whether the native kernels are built, loaded and registered for XLA:CPU."""
   if os.environ.get('MEDUNLEARN_NATIVE', '1').lower() in ('0', 'false', 'off', 'no'):
     return False
   if not _cpu_has_avx512():
@@ -68,7 +86,8 @@ def available() -> bool:
   cache = pathlib.Path(os.environ.get('MEDUNLEARN_NATIVE_CACHE', pathlib.Path.home() / '.cache' / 'medunlearn_jax'))
   try:
     lib = ctypes.cdll.LoadLibrary(str(_build(cache)))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.MedunlearnConvWgrad), platform='cpu')
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.MedunlearnConvWgrad), platform='cpu')
+    jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.MedunlearnConvFwd), platform='cpu')
   except (OSError, subprocess.CalledProcessError, AttributeError) as e:
     detail = getattr(e, 'stderr', '') or e
     logging.warning('native convolution kernel unavailable, using XLA\'s convolution: %s', str(detail)[:500])
@@ -76,12 +95,18 @@ def available() -> bool:
   return True
 
 
+def is_disabled() -> bool:
+  """Whether the current thread is inside `disabled()`."""
+  return getattr(_local, 'off', False)
+
+
 def supports(x_shape, dy_shape, dtype) -> bool:
   """Whether `conv2d` should use the kernel: float32, Cin % 4 == 0, Cout % 64 == 0, XLA:CPU with one
   device. (Around a custom call, XLA's partitioner would gather a batch sharded over several devices to each
   of them; multi-device CPU meshes, which are mostly tests with fake devices, keep XLA's convolution.)"""
   return (np.dtype(dtype) == np.float32 and x_shape[-1] % 4 == 0 and dy_shape[-1] % 64 == 0
-          and jax.default_backend() == 'cpu' and jax.device_count() == 1 and available())
+          and not is_disabled() and jax.default_backend() == 'cpu' and jax.device_count() == 1
+          and available())
 
 
 def conv_wgrad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int], stride: int,
@@ -90,5 +115,23 @@ def conv_wgrad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int], stride: 
   NHWC/HWIO with top/left padding `pad`, from its input `x` (N, H, W, Cin) and output gradient `dy`."""
   out = jax.ShapeDtypeStruct((*kernel_hw, x.shape[-1], dy.shape[-1]), np.float32)
   # Under vmap (model populations) the kernel runs once per model.
-  call = jax.ffi.ffi_call(_TARGET, out, vmap_method='sequential')
+  call = jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')
   return call(x, dy, stride=np.int64(stride), pad_top=np.int64(pad[0]), pad_left=np.int64(pad[1]))
+
+
+def supports_fwd(x_shape, w_shape, dtype) -> bool:
+  """Whether `conv_fwd` should serve a stride-1 convolution: float32, Cin >= 16 (the register tile reloads
+  its accumulators once per tap and Cin), Cout % 64 == 0, XLA:CPU with one device."""
+  return (np.dtype(dtype) == np.float32 and x_shape[-1] >= 16 and w_shape[-1] % 64 == 0
+          and not is_disabled() and jax.default_backend() == 'cpu' and jax.device_count() == 1 and available())
+
+
+def conv_fwd(x: jax.Array, w: jax.Array, pads) -> jax.Array:
+  """`lax.conv_general_dilated(x, w, (1, 1), pads)` in NHWC/HWIO, float32; pads ((top, bottom), (left,
+  right)) may be negative (crops), as the input gradients of strided convolutions need."""
+  (pt, pb), (pl, pr) = pads
+  ho = x.shape[1] + pt + pb - w.shape[0] + 1
+  wo = x.shape[2] + pl + pr - w.shape[1] + 1
+  out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), np.float32)
+  call = jax.ffi.ffi_call(FWD_TARGET, out, vmap_method='sequential')
+  return call(x, w, pad_top=np.int64(pt), pad_left=np.int64(pl))
