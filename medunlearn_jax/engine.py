@@ -273,7 +273,7 @@ def program_flops(lowered, relower: Callable[[], Any] | None = None) -> float:
   the program holds one, `relower()` (the same program lowered again) is counted with them disabled, so FLOP
   costs do not depend on which kernel ran.
   """
-  if relower is not None and native.TARGET in lowered.as_text():
+  if relower is not None and any(t in lowered.as_text() for t in native.TARGETS):
     with native.disabled():
       lowered = relower()
   try:

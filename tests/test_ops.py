@@ -57,6 +57,41 @@ def test_native_weight_gradient_matches_autodiff(size, k, stride, pad, ci, co):
 
 
 @needs_native
+@pytest.mark.parametrize('size,k,pads,ci,co', [(8, 3, ((1, 1), (1, 1)), 16, 64), (4, 3, ((1, 1), (1, 1)), 32, 128),
+                                               (7, 2, ((0, 1), (-1, 2)), 16, 64), (5, 1, ((0, 0), (0, 0)), 20, 64),
+                                               (9, 7, ((3, 3), (3, 3)), 16, 64), (13, 3, ((2, 0), (0, 2)), 16, 64)])
+def test_native_stride1_convolution_matches_xla(size, k, pads, ci, co):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, size, size, ci)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, ci, co)), jnp.float32)
+  want = conv_lib._conv(x, w, 1, pads)
+  got = jax.jit(lambda x, w: native.conv_fwd(x, w, pads))(x, w)
+  assert got.shape == want.shape
+  assert _rel(got, want) < 1e-5
+  batched = jax.vmap(lambda x: native.conv_fwd(x, w, pads))(jnp.stack([x, -x]))
+  assert _rel(batched[1], -want) < 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize('stride', [1, 2])
+def test_conv2d_with_native_kernels_matches_autodiff(stride):
+  # Forward, input gradient (stride 1: flipped kernel; stride 2: parity sub-kernels) and weight gradient.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 64)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 64, 64)), jnp.float32)
+  plain = lambda x, w: conv_lib._conv(x, w, stride, [(1, 1)] * 2)
+  y, vjp_plain = jax.vjp(plain, x, w)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  f = jax.jit(lambda x, w, dy: jax.vjp(lambda x, w: conv_lib.conv2d(x, w, stride, 1, 'native', 1, 'native'),
+                                       x, w)[1](dy))
+  lowered = jax.jit(lambda x, w: conv_lib.conv2d(x, w, stride, 1, 'native', 1, 'native')).lower(x, w).as_text()
+  assert (native.FWD_TARGET in lowered) == (stride == 1)
+  assert _rel(conv_lib.conv2d(x, w, stride, 1, 'native', 1, 'native'), y) < 1e-5
+  for got, want in zip(f(x, w, dy), vjp_plain(dy)):
+    assert _rel(got, want) < 1e-5
+
+
+@needs_native
 def test_program_flops_count_native_kernels():
   # XLA's cost analysis sees a custom call as 0 FLOPs; costs must not depend on which kernel ran.
   x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 64))
@@ -73,6 +108,9 @@ def test_native_kernel_gates(monkeypatch):
   assert jax.device_count() > 1 and not native.supports((2, 8, 8, 64), (2, 8, 8, 64), jnp.float32)
   assert not native.supports((2, 8, 8, 3), (2, 8, 8, 64), jnp.float32)
   assert not native.supports((2, 8, 8, 64), (2, 8, 8, 64), jnp.bfloat16)
+  assert not native.supports_fwd((2, 8, 8, 64), (3, 3, 64, 64), jnp.float32)
+  with pytest.raises(ValueError, match='unknown convolution mode'):
+    conv_lib._conv_fast(jnp.ones((1, 4, 4, 4)), jnp.ones((3, 3, 4, 64)), 2, [(1, 1)] * 2, 'fast')
   native.available.cache_clear()
   monkeypatch.setenv('MEDUNLEARN_NATIVE', '0')
   try:

@@ -12,6 +12,8 @@ Implementation switches (same parameters and float32 function either way; see `b
     variance, closed-form VJP);
   barrier: `lax.optimization_barrier` on convolution inputs (stops XLA recomputing the norm chain in the
     backward pass);
+  conv_kernel: the custom convolution's stride-1 forward and input-gradient kernels ('auto': the native
+    kernel of `ops.native` where it applies, else XLA's; 'xla'; 'native');
   wgrad / wgrad_chunks: how the custom convolution computes weight gradients ('auto', 'native', 'conv' or
     'taps', see `ops.conv`; and the
     number of batch chunks accumulated on feature maps of 28x28 and more).
@@ -27,7 +29,8 @@ import jax.numpy as jnp
 from medunlearn_jax import ops
 
 # The defaults are what measured fastest on XLA:CPU with equal numerics (benchmarks/PERF_NOTES.md).
-DEFAULT_IMPL = dict(conv_impl='custom', norm_impl='custom', barrier=True, wgrad='auto', wgrad_chunks=1)
+DEFAULT_IMPL = dict(conv_impl='custom', norm_impl='custom', barrier=True, wgrad='auto', wgrad_chunks=1,
+                    conv_kernel='auto')
 
 
 class _Impl(nn.Module):
@@ -37,6 +40,7 @@ class _Impl(nn.Module):
   barrier: bool = DEFAULT_IMPL['barrier']
   wgrad: str = DEFAULT_IMPL['wgrad']
   wgrad_chunks: int = DEFAULT_IMPL['wgrad_chunks']
+  conv_kernel: str = DEFAULT_IMPL['conv_kernel']
 
   def conv(self, features, kernel, strides, padding, dtype, name):
     if self.conv_impl == 'flax':  # The stock layer, exactly as before these switches existed.
@@ -44,7 +48,7 @@ class _Impl(nn.Module):
                       use_bias=False, dtype=dtype, name=name)
       return (lambda x: layer(jax.lax.optimization_barrier(x))) if self.barrier else layer
     return ops.Conv(features, kernel, strides, padding, dtype, self.conv_impl, self.wgrad, self.wgrad_chunks,
-                    self.barrier, name=name)
+                    self.barrier, self.conv_kernel, name=name)
 
   def norm(self, groups, dtype, name):
     if self.norm_impl == 'flax':
@@ -55,7 +59,7 @@ class _Impl(nn.Module):
 
   def impl_kwargs(self):
     return dict(conv_impl=self.conv_impl, norm_impl=self.norm_impl, barrier=self.barrier, wgrad=self.wgrad,
-                wgrad_chunks=self.wgrad_chunks)
+                wgrad_chunks=self.wgrad_chunks, conv_kernel=self.conv_kernel)
 
 
 class BasicBlock(_Impl):

@@ -41,6 +41,17 @@ def _conv(x, w, stride: int, pad: Sequence[tuple[int, int]]):
   return lax.conv_general_dilated(x, w, (stride, stride), tuple(pad), dimension_numbers=_DN)
 
 
+def _conv_fast(x, w, stride: int, pad: Sequence[tuple[int, int]], mode: str):
+  """`_conv`, or for stride 1 the native kernel when `mode` is 'native', or 'auto' and it supports the
+  shapes (float32, Cin >= 16, Cout % 64 == 0, single-device XLA:CPU)."""
+  if stride == 1 and not native.is_disabled() and (
+      mode == 'native' or (mode == 'auto' and native.supports_fwd(x.shape, w.shape, x.dtype))):
+    return native.conv_fwd(x, w, tuple(pad))
+  if mode not in ('auto', 'native', 'xla'):
+    raise ValueError(f"unknown convolution mode {mode!r}; choose 'auto', 'native' or 'xla'")
+  return _conv(x, w, stride, pad)
+
+
 def _taps(k: int, stride: int, pad: int, parity: int) -> tuple[list[int], int]:
   """Kernel taps reaching input rows of `parity` (mod stride), ordered by output offset, and the lowest
   offset: input row stride*i + parity receives dy[i + d] * w[tap] with d = (parity + pad - tap) / stride."""
@@ -50,14 +61,14 @@ def _taps(k: int, stride: int, pad: int, parity: int) -> tuple[list[int], int]:
   return taps, d0
 
 
-def _input_grad(dy, w, x_shape, stride: int, pad: int):
+def _input_grad(dy, w, x_shape, stride: int, pad: int, mode: str = 'xla'):
   kh, kw = w.shape[:2]
   wt = jnp.swapaxes(w, 2, 3)  # HWOI: contracts over the output channels of dy.
   if stride == 1:
     wf = wt[::-1, ::-1]
     hi_h = x_shape[1] - 1 + pad - (dy.shape[1] - 1)  # Keeps the output at the input's size.
     hi_w = x_shape[2] - 1 + pad - (dy.shape[2] - 1)
-    return _conv(dy, wf, 1, [(kh - 1 - pad, hi_h), (kw - 1 - pad, hi_w)])
+    return _conv_fast(dy, wf, 1, [(kh - 1 - pad, hi_h), (kw - 1 - pad, hi_w)], mode)
   h, wd = x_shape[1], x_shape[2]
   nh, nw = -(-h // stride), -(-wd // stride)
   rows = []
@@ -72,7 +83,7 @@ def _input_grad(dy, w, x_shape, stride: int, pad: int):
       sub = wt[jnp.asarray(taps_h)][:, jnp.asarray(taps_w)]
       # out[i] = sum_t dy[i + dh + t] * sub[t], i in [0, nh): padding (-dh, nh - 1 + dh + len - 1 - (Ho - 1)).
       pads = [(-dh, nh + dh + len(taps_h) - 1 - dy.shape[1]), (-dw, nw + dw + len(taps_w) - 1 - dy.shape[2])]
-      cols.append(_conv(dy, sub, 1, pads))
+      cols.append(_conv_fast(dy, sub, 1, pads, mode))
     rows.append(jnp.stack(cols, axis=3))  # (B, nh, nw, s, C)
   dx = jnp.stack(rows, axis=2)  # (B, nh, s, nw, s, C)
   dx = dx.reshape(dy.shape[0], nh * stride, nw * stride, x_shape[3])
@@ -118,20 +129,24 @@ def _weight_grad(x, dy, w_shape, stride: int, pad: int, mode: str, chunks: int):
   return lax.scan(body, jnp.zeros(w_shape, jnp.float32), (xs, dys))[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, pad: int = 0, wgrad: str = 'conv',
-           wgrad_chunks: int = 1) -> jax.Array:
-  """`lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2)` in NHWC/HWIO, custom backward."""
-  return _conv(x, w, stride, [(pad, pad), (pad, pad)])
+           wgrad_chunks: int = 1, conv: str = 'xla') -> jax.Array:
+  """`lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2)` in NHWC/HWIO, custom backward.
+
+  `conv` picks the stride-1 convolutions of the forward pass and of the input gradient: 'xla', 'native'
+  (`ops.native.conv_fwd`) or 'auto' (native where supported); `wgrad` the weight gradient (module docstring).
+  """
+  return _conv_fast(x, w, stride, [(pad, pad), (pad, pad)], conv)
 
 
-def _fwd(x, w, stride, pad, wgrad, wgrad_chunks):
-  return conv2d(x, w, stride, pad, wgrad, wgrad_chunks), (x, w)
+def _fwd(x, w, stride, pad, wgrad, wgrad_chunks, conv):
+  return conv2d(x, w, stride, pad, wgrad, wgrad_chunks, conv), (x, w)
 
 
-def _bwd(stride, pad, wgrad, wgrad_chunks, res, dy):
+def _bwd(stride, pad, wgrad, wgrad_chunks, conv, res, dy):
   x, w = res
-  dx = _input_grad(dy, w, x.shape, stride, pad).astype(x.dtype)
+  dx = _input_grad(dy, w, x.shape, stride, pad, conv).astype(x.dtype)
   dw = _weight_grad(x, dy, w.shape, stride, pad, wgrad, wgrad_chunks).astype(w.dtype)
   return dx, dw
 
@@ -143,7 +158,8 @@ class Conv(nn.Module):
   """Drop-in for `nn.Conv(features, (k, k), (s, s), padding=p, use_bias=False)` on NHWC inputs: parameter
   'kernel' (k, k, Cin, features), LeCun-normal initialised, float32; compute in `dtype`.
 
-  impl: 'xla' (plain `lax.conv_general_dilated`, autodiff backward) or 'custom' (`conv2d`'s VJP).
+  impl: 'xla' (plain `lax.conv_general_dilated`, autodiff backward) or 'custom' (`conv2d`'s VJP, with
+  `conv` / `wgrad` choosing its kernels).
   """
   features: int
   kernel_size: int = 3
@@ -154,6 +170,7 @@ class Conv(nn.Module):
   wgrad: str = 'conv'
   wgrad_chunks: int = 1
   barrier: bool = False
+  conv: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -168,4 +185,4 @@ class Conv(nn.Module):
     if self.impl != 'custom':
       raise ValueError(f'unknown convolution impl {self.impl!r}')
     chunks = self.wgrad_chunks if x.shape[1] * x.shape[2] >= 28 * 28 else 1
-    return conv2d(x, kernel, self.strides, self.padding, self.wgrad, chunks)
+    return conv2d(x, kernel, self.strides, self.padding, self.wgrad, chunks, self.conv)
