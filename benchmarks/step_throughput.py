@@ -115,8 +115,7 @@ def make_case(mode: str, size: int, mesh):
     lowered = predict.lower(params, batch)
     compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
     compile_s = time.perf_counter() - t0
-    # A new function object around the unjitted one, so that jit re-traces it with the native kernels off.
-    flops = engine.program_flops(lowered, lambda: jax.jit(lambda *a: predict.__wrapped__(*a)).lower(params, batch))
+    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch))
     return compiled, (params, batch), FLAGS.batch, compile_s, False, flops
 
   def loss(p, batches, context, key):
@@ -137,7 +136,7 @@ def make_case(mode: str, size: int, mesh):
   lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
   compiled = _compile(lowered, 'train')
   compile_s = time.perf_counter() - t0
-  flops = engine.program_flops(lowered, lambda: jax.jit(lambda *a: step(*a)).lower(state, batch, key))
+  flops = engine.program_flops(lowered, step, (state, batch, key))
   return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, flops
 
 

@@ -265,17 +265,18 @@ def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_
     yield t, phase_index, host, examples
 
 
-def program_flops(lowered, relower: Callable[[], Any] | None = None) -> float:
+def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[Any] = ()) -> float:
   """XLA's FLOP estimate of a lowered program, counted on the HLO before backend optimisation (so that
   convolutions handed to library custom calls such as oneDNN are still counted).
 
   Our own native kernels are custom calls already in the lowered program, invisible to the estimate; when
-  the program holds one, `relower()` (the same program lowered again) is counted with them disabled, so FLOP
-  costs do not depend on which kernel ran.
+  the program holds one, the unjitted `fn` it was lowered from is traced again on `args` with them disabled
+  and that program is counted, so FLOP costs do not depend on which kernel ran.
   """
-  if relower is not None and any(t in lowered.as_text() for t in native.TARGETS):
+  if fn is not None and any(t in lowered.as_text() for t in native.TARGETS):
     with native.disabled():
-      lowered = relower()
+      # A fresh function object: jit would otherwise reuse its cached trace of `fn` (with the kernels).
+      lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
   try:
     analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):
@@ -371,9 +372,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
-      # A fresh function object, so that jit traces again instead of reusing the cached trace.
-      compiled[key] = (program, program_flops(lowered, lambda: jax.jit(lambda *a: step_fn(*a)).lower(
-          state, batch, rng_spec)))
+      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec)))
     meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
     rng = step_rng(t)
     state, metrics = compiled[key][0](state, batch, rng)

@@ -11,8 +11,8 @@ with the batch as the contraction dimension. Here:
 * weight gradient: `wgrad='conv'` uses XLA's own weight-gradient convolution; `wgrad='taps'` computes one
   (Ci x B*H*W) @ (B*H*W x Co) matrix product per kernel tap; `wgrad='native'` calls the AVX-512 kernel of
   `ops.native` (XLA FFI; skips taps on padding); `wgrad='auto'` (the ResNet default) takes 'native' where
-  that kernel supports the shapes and measured faster (output maps of at least `NATIVE_MIN_POSITIONS`
-  positions), else 'conv'; `wgrad_chunks=n` accumulates 'conv'/'taps' over n batch chunks.
+  that kernel supports the shapes (it measured faster than XLA's on every ResNet-18 layer, down to 4x4
+  maps; benchmarks/PERF_NOTES.md), else 'conv'; `wgrad_chunks=n` accumulates 'conv'/'taps' over n batch chunks.
 
 `barrier=True` puts `lax.optimization_barrier` on the convolution input, so that the tensor saved for the
 backward pass is materialised once, instead of XLA recomputing the producer chain (GroupNorm, ReLU,
@@ -31,10 +31,6 @@ import jax.numpy as jnp
 from medunlearn_jax.ops import native
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
-
-# Output positions (Ho * Wo) from which the native weight gradient is used; measured faster than XLA's on
-# every ResNet-18 layer shape down to 4x4 maps (benchmarks/PERF_NOTES.md).
-NATIVE_MIN_POSITIONS = 1
 
 
 def _conv(x, w, stride: int, pad: Sequence[tuple[int, int]]):
@@ -94,8 +90,7 @@ def _weight_grad(x, dy, w_shape, stride: int, pad: int, mode: str, chunks: int):
   kh, kw, ci, co = w_shape
   pads = [(pad, pad), (pad, pad)]
   if mode == 'auto':
-    fast = dy.shape[1] * dy.shape[2] >= NATIVE_MIN_POSITIONS and native.supports(x.shape, dy.shape, x.dtype)
-    mode = 'native' if fast else 'conv'
+    mode = 'native' if native.supports(x.shape, dy.shape, x.dtype) else 'conv'
   if mode == 'native' and native.is_disabled():
     mode = 'conv'
   if mode == 'native':

@@ -27,6 +27,7 @@ import jaxlib
 import numpy as np
 
 _SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_wgrad.cc', 'conv_fwd.cc'))
+_HEADERS = (pathlib.Path(__file__).with_name('parallel.h'),)
 TARGET = 'medunlearn_conv_wgrad'
 FWD_TARGET = 'medunlearn_conv_fwd'
 TARGETS = (TARGET, FWD_TARGET)
@@ -54,9 +55,9 @@ def _cpu_has_avx512() -> bool:
 
 
 def _build(cache: pathlib.Path) -> pathlib.Path:
-  source = b''.join(f.read_bytes() for f in _SOURCES)
+  source = b''.join(f.read_bytes() for f in _SOURCES + _HEADERS)
   key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-  out = cache / f'libmedunlearn_conv_wgrad_{key}.so'
+  out = cache / f'libmedunlearn_native_{key}.so'
   if out.exists():
     return out
   compiler = os.environ.get('CXX', 'g++')
@@ -70,7 +71,7 @@ def _build(cache: pathlib.Path) -> pathlib.Path:
     subprocess.run([compiler, '-O3', '-march=x86-64-v4', '-std=c++17', '-shared', '-fPIC', '-w',
                     f'-I{include}', *map(str, _SOURCES), '-o', str(partial)], check=True, capture_output=True, text=True)
     os.replace(partial, out)
-  for stale in cache.glob('libmedunlearn_conv_wgrad_*.so'):
+  for stale in cache.glob('libmedunlearn_native_*.so'):
     if stale != out:  # Builds of older sources (a process that loaded one keeps its mapping).
       stale.unlink(missing_ok=True)
   return out

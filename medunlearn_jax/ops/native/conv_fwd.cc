@@ -8,12 +8,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -83,47 +81,24 @@ void Row(const float* x, const float* w, float* out, const Shape& d, int64_t n, 
   }
 }
 
-struct Work {
-  Shape d;
-  const float* x;
-  const float* w;
-  float* out;
-  int64_t rows, rows_per_item, items;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Run() {
-    for (int64_t it; (it = next.fetch_add(1)) < items;) {
-      const int64_t r1 = std::min(rows, (it + 1) * rows_per_item);
-      for (int64_t r = it * rows_per_item; r < r1; ++r) Row(x, w, out, d, r / d.ho, r % d.ho);
-      done.fetch_add(1);
-    }
-  }
-};
-
 ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> out, int64_t pad_top, int64_t pad_left) {
   auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
   if (xd.size() != 4 || wd.size() != 4 || od.size() != 4)
     return ffi::Error::InvalidArgument("conv_fwd: x, w and out must be rank 4");
-  Shape d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], pad_top, pad_left};
+  const Shape d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], pad_top, pad_left};
   if (od[0] != d.n || wd[2] != d.ci || wd[3] != d.co || d.co % 64)
     return ffi::Error::InvalidArgument("conv_fwd: unsupported shapes (need Cout % 64 == 0)");
-  auto work = std::make_shared<Work>();
-  work->d = d;
-  work->x = x.typed_data();
-  work->w = w.typed_data();
-  work->out = out->typed_data();
-  work->rows = d.n * d.ho;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const float *xp = x.typed_data(), *wp = w.typed_data();
+  float* op = out->typed_data();
+  const int64_t rows = d.n * d.ho, threads = medunlearn::PoolThreads(pool);
   // Several items per thread so that a late helper still finds work, few enough to keep scheduling cheap.
-  work->items = std::min<int64_t>(work->rows, threads * 8);
-  work->rows_per_item = (work->rows + work->items - 1) / work->items;
-  work->items = (work->rows + work->rows_per_item - 1) / work->rows_per_item;
-  const int64_t helpers = std::min<int64_t>(threads, work->items) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  while (work->done.load() < work->items) std::this_thread::yield();
+  const int64_t wanted = std::min<int64_t>(rows, threads * 8);
+  const int64_t rows_per_item = (rows + wanted - 1) / wanted;
+  medunlearn::ParallelFor(pool, (rows + rows_per_item - 1) / rows_per_item, threads, [&](int64_t it) {
+    const int64_t r1 = std::min(rows, (it + 1) * rows_per_item);
+    for (int64_t r = it * rows_per_item; r < r1; ++r) Row(xp, wp, op, d, r / d.ho, r % d.ho);
+  });
   return ffi::Error::Success();
 }
 

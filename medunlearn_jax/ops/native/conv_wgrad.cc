@@ -8,12 +8,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -71,59 +69,37 @@ inline void Block(const float* x, const float* dy, float* dw, const Shape& d, in
     for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + i * d.co + 16 * j, acc[i][j]);
 }
 
-struct Work {
-  Shape d;
-  const float* x;
-  const float* dy;
-  float* dw;
-  int64_t items;        // groups of input-channel blocks; each owns its rows of dw
-  int64_t images_per_chunk;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Run() {
-    const int64_t ci_blocks = d.ci / kCi;
-    for (int64_t it; (it = next.fetch_add(1)) < items;) {
-      const int64_t b0 = it * ci_blocks / items, b1 = (it + 1) * ci_blocks / items;
-      for (int64_t t = 0; t < d.kh * d.kw; ++t)
-        for (int64_t b = b0; b < b1; ++b)
-          std::memset(dw + (t * d.ci + b * kCi) * d.co, 0, sizeof(float) * kCi * d.co);
-      // Images outermost, in chunks small enough that their x and dy stay in L2 while every
-      // (channel block, tap) pass re-reads them.
-      for (int64_t n0 = 0; n0 < d.n; n0 += images_per_chunk) {
-        const int64_t n1 = std::min(d.n, n0 + images_per_chunk);
-        for (int64_t b = b0; b < b1; ++b)
-          for (int64_t co0 = 0; co0 < d.co; co0 += kCo)
-            for (int64_t kh = 0; kh < d.kh; ++kh)
-              for (int64_t kw = 0; kw < d.kw; ++kw) Block(x, dy, dw, d, kh, kw, b * kCi, co0, n0, n1);
-      }
-      done.fetch_add(1);
-    }
-  }
-};
-
 ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                      ffi::ResultBuffer<ffi::F32> dw, int64_t stride, int64_t pad_top, int64_t pad_left) {
   auto xd = x.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
     return ffi::Error::InvalidArgument("conv_wgrad: x, dy and dw must be rank 4");
-  Shape d{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], stride, pad_top, pad_left};
+  const Shape d{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1], stride, pad_top, pad_left};
   if (gd[0] != d.n || wd[2] != d.ci || wd[3] != d.co || d.ci % kCi || d.co % kCo || stride < 1)
     return ffi::Error::InvalidArgument("conv_wgrad: unsupported shapes (need Ci % 4 == 0, Co % 64 == 0)");
-  auto work = std::make_shared<Work>();
-  work->d = d;
-  work->x = x.typed_data();
-  work->dy = dy.typed_data();
-  work->dw = dw->typed_data();
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  work->items = std::min<int64_t>(threads, d.ci / kCi);
+  const float *xp = x.typed_data(), *gp = dy.typed_data();
+  float* wp = dw->typed_data();
+  const int64_t threads = medunlearn::PoolThreads(pool), ci_blocks = d.ci / kCi;
+  // Items are groups of input-channel blocks; each owns its rows of dw, so no reduction is needed.
+  const int64_t items = std::min<int64_t>(threads, ci_blocks);
   // Chunks of whole images whose x and dy fill about half of a 1 MiB L2 (at least one image).
   const int64_t image_bytes = sizeof(float) * (d.h * d.w * d.ci + d.ho * d.wo * d.co);
-  work->images_per_chunk = std::max<int64_t>(1, (512 << 10) / image_bytes);
-  const int64_t helpers = work->items - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work] { work->Run(); });
-  work->Run();  // The caller claims items too, so it never waits on a helper that has not started.
-  while (work->done.load() < work->items) std::this_thread::yield();
+  const int64_t images_per_chunk = std::max<int64_t>(1, (512 << 10) / image_bytes);
+  medunlearn::ParallelFor(pool, items, threads, [&](int64_t it) {
+    const int64_t b0 = it * ci_blocks / items, b1 = (it + 1) * ci_blocks / items;
+    for (int64_t t = 0; t < d.kh * d.kw; ++t)
+      for (int64_t b = b0; b < b1; ++b)
+        std::memset(wp + (t * d.ci + b * kCi) * d.co, 0, sizeof(float) * kCi * d.co);
+    // Images outermost, in chunks small enough that their x and dy stay in L2 while every
+    // (channel block, tap) pass re-reads them.
+    for (int64_t n0 = 0; n0 < d.n; n0 += images_per_chunk) {
+      const int64_t n1 = std::min(d.n, n0 + images_per_chunk);
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t co0 = 0; co0 < d.co; co0 += kCo)
+          for (int64_t kh = 0; kh < d.kh; ++kh)
+            for (int64_t kw = 0; kw < d.kw; ++kw) Block(xp, gp, wp, d, kh, kw, b * kCi, co0, n0, n1);
+    }
+  });
   return ffi::Error::Success();
 }
 
