@@ -57,12 +57,14 @@ def test_native_weight_gradient_matches_autodiff(size, k, stride, pad, ci, co):
 
 
 @needs_native
-@pytest.mark.parametrize('size,k,pads,ci,co', [(8, 3, ((1, 1), (1, 1)), 16, 64), (4, 3, ((1, 1), (1, 1)), 32, 128),
-                                               (7, 2, ((0, 1), (-1, 2)), 16, 64), (5, 1, ((0, 0), (0, 0)), 20, 64),
-                                               (9, 7, ((3, 3), (3, 3)), 16, 64), (13, 3, ((2, 0), (0, 2)), 16, 64)])
-def test_native_stride1_convolution_matches_xla(size, k, pads, ci, co):
+@pytest.mark.parametrize('n,size,k,pads,ci,co', [
+    (2, 8, 3, ((1, 1), (1, 1)), 16, 64), (2, 4, 3, ((1, 1), (1, 1)), 32, 128), (2, 7, 2, ((0, 1), (-1, 2)), 16, 64),
+    (2, 5, 1, ((0, 0), (0, 0)), 20, 64), (2, 9, 7, ((3, 3), (3, 3)), 16, 64), (2, 13, 3, ((2, 0), (0, 2)), 16, 64),
+    # Narrow maps tile across images: full groups of six, a remainder, cropping pads.
+    (13, 4, 3, ((1, 1), (1, 1)), 32, 192), (8, 7, 3, ((1, 0), (-1, 1)), 16, 64)])
+def test_native_stride1_convolution_matches_xla(n, size, k, pads, ci, co):
   rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.normal(size=(2, size, size, ci)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(n, size, size, ci)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, ci, co)), jnp.float32)
   want = conv_lib._conv(x, w, 1, pads)
   got = jax.jit(lambda x, w: native.conv_fwd(x, w, pads))(x, w)

@@ -135,4 +135,8 @@ def conv_fwd(x: jax.Array, w: jax.Array, pads) -> jax.Array:
   wo = x.shape[2] + pl + pr - w.shape[1] + 1
   out = jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), np.float32)
   call = jax.ffi.ffi_call(FWD_TARGET, out, vmap_method='sequential')
-  return call(x, w, pad_top=np.int64(pt), pad_left=np.int64(pl))
+  kh, kw, ci, co = w.shape
+  # Packed so that each block of 64 output channels is contiguous: with HWIO rows Cout apart the kernel's
+  # weight reads were strided by up to 2 KiB and it ran 3-4x slower on 512-channel layers (PERF_NOTES.md).
+  packed = w.reshape(kh, kw, ci, co // 64, 64).transpose(3, 0, 1, 2, 4)
+  return call(x, packed, pad_top=np.int64(pt), pad_left=np.int64(pl))

@@ -24,18 +24,19 @@ struct Shape {
   int64_t n, h, w, ci, ho, wo, co, kh, kw, pt, pl;
 };
 
-// out[0:R, co0:co0+64] += sum_ci x[i*ci_stride + ci] * w[ci, co0:co0+64] for R consecutive positions.
+// out[i*os + (0:64)] += sum_c x[i*xs + c] * w[c, 0:64] for R positions i: consecutive positions of a row
+// (xs = Cin, os = Cout) or the same position in R consecutive images.
 template <int R>
-inline void Tile(float* out, const float* x, const float* w, int64_t ci, int64_t co) {
+inline void Tile(float* out, int64_t os, const float* x, int64_t xs, const float* w, int64_t ci) {
   __m512 acc[R][4];
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_loadu_ps(out + i * co + 16 * j);
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_loadu_ps(out + i * os + 16 * j);
   for (int64_t c = 0; c < ci; ++c) {
-    const float* wr = w + c * co;
+    const float* wr = w + c * 64;  // packed: 64 output channels per input-channel row
     const __m512 w0 = _mm512_loadu_ps(wr), w1 = _mm512_loadu_ps(wr + 16);
     const __m512 w2 = _mm512_loadu_ps(wr + 32), w3 = _mm512_loadu_ps(wr + 48);
     for (int i = 0; i < R; ++i) {
-      const __m512 b = _mm512_set1_ps(x[i * ci + c]);
+      const __m512 b = _mm512_set1_ps(x[i * xs + c]);
       acc[i][0] = _mm512_fmadd_ps(b, w0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(b, w1, acc[i][1]);
       acc[i][2] = _mm512_fmadd_ps(b, w2, acc[i][2]);
@@ -43,39 +44,60 @@ inline void Tile(float* out, const float* x, const float* w, int64_t ci, int64_t
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + i * co + 16 * j, acc[i][j]);
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + i * os + 16 * j, acc[i][j]);
 }
 
-inline void TileN(int r, float* out, const float* x, const float* w, int64_t ci, int64_t co) {
+inline void TileN(int r, float* out, int64_t os, const float* x, int64_t xs, const float* w, int64_t ci) {
   switch (r) {
-    case 1: return Tile<1>(out, x, w, ci, co);
-    case 2: return Tile<2>(out, x, w, ci, co);
-    case 3: return Tile<3>(out, x, w, ci, co);
-    case 4: return Tile<4>(out, x, w, ci, co);
-    case 5: return Tile<5>(out, x, w, ci, co);
-    case 6: return Tile<6>(out, x, w, ci, co);
+    case 1: return Tile<1>(out, os, x, xs, w, ci);
+    case 2: return Tile<2>(out, os, x, xs, w, ci);
+    case 3: return Tile<3>(out, os, x, xs, w, ci);
+    case 4: return Tile<4>(out, os, x, xs, w, ci);
+    case 5: return Tile<5>(out, os, x, xs, w, ci);
+    case 6: return Tile<6>(out, os, x, xs, w, ci);
     default: return;
   }
 }
 
-// One output row (n, oh): every segment of kTile positions, output-channel block and valid tap.
-void Row(const float* x, const float* w, float* out, const Shape& d, int64_t n, int64_t oh) {
-  float* orow = out + (n * d.ho + oh) * d.wo * d.co;
-  std::memset(orow, 0, sizeof(float) * d.wo * d.co);
+inline const float* PackedTap(const float* w, const Shape& d, int64_t co0, int64_t kh, int64_t kw) {
+  return w + (((co0 / 64) * d.kh + kh) * d.kw + kw) * d.ci * 64;
+}
+
+// Output channels [co0, co0 + 64) of one position (oh, ow) in images [n0, n0 + r), r <= kTile: on narrow maps
+// (7x7, 4x4) row segments leave most register tiles part-empty, but the same position in several images has
+// the same valid taps, so tiles run across images instead.
+void Column(const float* x, const float* w, float* out, const Shape& d, int64_t n0, int r, int64_t oh,
+            int64_t ow, int64_t co0) {
+  const int64_t os = d.ho * d.wo * d.co, xs = d.h * d.w * d.ci;
+  float* o = out + ((n0 * d.ho + oh) * d.wo + ow) * d.co + co0;
+  for (int i = 0; i < r; ++i) std::memset(o + i * os, 0, sizeof(float) * 64);
+  for (int64_t kh = 0; kh < d.kh; ++kh) {
+    const int64_t ih = oh + kh - d.pt;
+    if (ih < 0 || ih >= d.h) continue;
+    for (int64_t kw = 0; kw < d.kw; ++kw) {
+      const int64_t iw = ow + kw - d.pl;
+      if (iw < 0 || iw >= d.w) continue;
+      TileN(r, o, os, x + ((n0 * d.h + ih) * d.w + iw) * d.ci, xs, PackedTap(w, d, co0, kh, kw), d.ci);
+    }
+  }
+}
+
+// One output row (n, oh), output channels [co0, co0 + 64): every segment of kTile positions and valid tap.
+void Row(const float* x, const float* w, float* out, const Shape& d, int64_t n, int64_t oh, int64_t co0) {
+  float* orow = out + (n * d.ho + oh) * d.wo * d.co + co0;
+  for (int64_t ow = 0; ow < d.wo; ++ow) std::memset(orow + ow * d.co, 0, sizeof(float) * 64);
   for (int64_t kh = 0; kh < d.kh; ++kh) {
     const int64_t ih = oh + kh - d.pt;
     if (ih < 0 || ih >= d.h) continue;
     const float* xrow = x + (n * d.h + ih) * d.w * d.ci;
-    for (int64_t co0 = 0; co0 < d.co; co0 += 64) {
-      for (int64_t s0 = 0; s0 < d.wo; s0 += kTile) {
-        const int64_t s1 = std::min(d.wo, s0 + kTile);
-        for (int64_t kw = 0; kw < d.kw; ++kw) {
-          // Valid positions of this tap in the segment: 0 <= ow + kw - pl < w.
-          const int64_t lo = std::max(s0, d.pl - kw), hi = std::min(s1, d.w + d.pl - kw);
-          if (hi <= lo) continue;
-          const float* wt = w + (kh * d.kw + kw) * d.ci * d.co + co0;
-          TileN(static_cast<int>(hi - lo), orow + lo * d.co + co0, xrow + (lo + kw - d.pl) * d.ci, wt, d.ci, d.co);
-        }
+    for (int64_t s0 = 0; s0 < d.wo; s0 += kTile) {
+      const int64_t s1 = std::min(d.wo, s0 + kTile);
+      for (int64_t kw = 0; kw < d.kw; ++kw) {
+        // Valid positions of this tap in the segment: 0 <= ow + kw - pl < w.
+        const int64_t lo = std::max(s0, d.pl - kw), hi = std::min(s1, d.w + d.pl - kw);
+        if (hi <= lo) continue;
+        TileN(static_cast<int>(hi - lo), orow + lo * d.co, d.co, xrow + (lo + kw - d.pl) * d.ci, d.ci,
+              PackedTap(w, d, co0, kh, kw), d.ci);
       }
     }
   }
@@ -84,20 +106,33 @@ void Row(const float* x, const float* w, float* out, const Shape& d, int64_t n, 
 ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> out, int64_t pad_top, int64_t pad_left) {
   auto xd = x.dimensions(), wd = w.dimensions(), od = out->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || od.size() != 4)
-    return ffi::Error::InvalidArgument("conv_fwd: x, w and out must be rank 4");
-  const Shape d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[0], wd[1], pad_top, pad_left};
-  if (od[0] != d.n || wd[2] != d.ci || wd[3] != d.co || d.co % 64)
-    return ffi::Error::InvalidArgument("conv_fwd: unsupported shapes (need Cout % 64 == 0)");
+  if (xd.size() != 4 || wd.size() != 5 || od.size() != 4)
+    return ffi::Error::InvalidArgument("conv_fwd: x and out must be rank 4, packed w rank 5");
+  const Shape d{xd[0], xd[1], xd[2], xd[3], od[1], od[2], od[3], wd[1], wd[2], pad_top, pad_left};
+  if (od[0] != d.n || wd[3] != d.ci || wd[4] != 64 || wd[0] * 64 != d.co)
+    return ffi::Error::InvalidArgument("conv_fwd: unsupported shapes (need Cout % 64 == 0, w packed as (Cout/64, KH, KW, Cin, 64))");
   const float *xp = x.typed_data(), *wp = w.typed_data();
   float* op = out->typed_data();
-  const int64_t rows = d.n * d.ho, threads = medunlearn::PoolThreads(pool);
-  // Several items per thread so that a late helper still finds work, few enough to keep scheduling cheap.
-  const int64_t wanted = std::min<int64_t>(rows, threads * 8);
-  const int64_t rows_per_item = (rows + wanted - 1) / wanted;
-  medunlearn::ParallelFor(pool, (rows + rows_per_item - 1) / rows_per_item, threads, [&](int64_t it) {
-    const int64_t r1 = std::min(rows, (it + 1) * rows_per_item);
-    for (int64_t r = it * rows_per_item; r < r1; ++r) Row(xp, wp, op, d, r / d.ho, r % d.ho);
+  const int64_t threads = medunlearn::PoolThreads(pool), co_blocks = d.co / 64;
+  // Work units: output rows, or on narrow maps (positions, group of kTile images) columns.
+  const bool columns = d.wo < kTile + 2;
+  const int64_t groups = (d.n + kTile - 1) / kTile;
+  const int64_t units = columns ? groups * d.ho * d.wo : d.n * d.ho;
+  // Items are (output-channel block, chunk of units), channel block outermost: an item re-reads one block's
+  // weights (all taps and input channels) for every unit, so they stay in L2 instead of the whole kernel
+  // streaming through it once per unit. Several items per thread so that a late helper still finds work.
+  const int64_t chunks = std::min<int64_t>(units, std::max<int64_t>(1, threads * 8 / co_blocks));
+  medunlearn::ParallelFor(pool, co_blocks * chunks, threads, [&](int64_t it) {
+    const int64_t co0 = (it / chunks) * 64, c = it % chunks;
+    const int64_t u1 = (c + 1) * units / chunks;
+    for (int64_t u = c * units / chunks; u < u1; ++u) {
+      if (columns) {
+        const int64_t g = u / (d.ho * d.wo), p = u % (d.ho * d.wo), n0 = g * kTile;
+        Column(xp, wp, op, d, n0, static_cast<int>(std::min<int64_t>(kTile, d.n - n0)), p / d.wo, p % d.wo, co0);
+      } else {
+        Row(xp, wp, op, d, u / d.ho, u % d.ho, co0);
+      }
+    }
   });
   return ffi::Error::Success();
 }
