@@ -1,9 +1,12 @@
 """XLA compiler options for the step engine's compiled programs, chosen per program kind and compute dtype.
 
-On XLA:CPU (jaxlib 0.12) convolutions are handed to YNNPACK by default. Measured on a 2-core AVX-512 machine
-(`benchmarks/PERF_NOTES.md`), a float32 *training* step is faster when convolutions go back to XLA's own
-(Eigen) convolution and YNNPACK keeps only the dots; bfloat16 programs enable the oneDNN custom call.
-Options only choose a backend for the same HLO; `tests/test_ops.py` checks equal numerics.
+bfloat16 programs on XLA:CPU enable the oneDNN custom call, which rewrites their convolutions to oneDNN.
+float32 programs use XLA's defaults. (Earlier versions sent float32 convolutions back to XLA's Eigen kernels
+with `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`; in jaxlib 0.12.0.1 that option
+miscompiles the backward pass of the XLA GroupNorm on 128- and 512-channel maps (input gradients off by up to
+30 % of their range, deterministic; benchmarks/PERF_NOTES.md), and with the native kernels of `ops.native`
+serving the convolutions and GroupNorm it no longer made a measurable difference.) Options only choose a
+backend for the same HLO; `tests/test_ops.py` checks equal numerics, including that GroupNorm case.
 
 `MEDUNLEARN_XLA_OPTIONS=default` turns every option off (XLA's defaults); options that this jaxlib does not
 know are dropped with a warning rather than failing the compile.
@@ -17,16 +20,12 @@ from absl import logging
 import jax
 import numpy as np
 
-_YNN = 'xla_cpu_experimental_ynn_fusion_type'
 _ONEDNN = 'xla_cpu_experimental_onednn_custom_call'
 
 # Program kind -> compute dtype -> options (XLA:CPU only). Chosen by measurement (PERF_NOTES.md).
 _CPU_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    # f32: convolutions to XLA's Eigen kernels, dots stay on YNNPACK. (The oneDNN custom call leaves f32
-    # programs unchanged in jaxlib 0.12: identical optimized HLO.)
-    'train': {'float32': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
-              'bfloat16': {_ONEDNN: True}},  # Rewrites bf16 convolutions to oneDNN (not yet timed here).
-    'eval': {'float32': {_YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}, 'bfloat16': {_ONEDNN: True}},
+    'train': {'bfloat16': {_ONEDNN: True}},  # Rewrites bf16 convolutions to oneDNN.
+    'eval': {'bfloat16': {_ONEDNN: True}},
 }
 
 _rejected: set[str] = set()

@@ -2,7 +2,8 @@
 
 `conv_wgrad.cc` holds the weight gradient of a 2-D convolution (NHWC / HWIO, float32, AVX-512), which
 XLA's own convolution computes 1.7-2x slower than oneDNN on 28x28 feature maps; `conv_fwd.cc` a stride-1
-convolution that skips padded taps, for small maps where XLA multiplies many zeros (benchmarks/PERF_NOTES.md).
+convolution that skips padded taps, for small maps where XLA multiplies many zeros; `group_norm.cc` GroupNorm's
+forward and backward passes, whose reductions XLA:CPU runs 5-10x below memory speed (benchmarks/PERF_NOTES.md).
 The shared library is compiled with the system C++ compiler (`$CXX`, default `g++`) against the FFI headers
 that ship with jaxlib, into `$MEDUNLEARN_NATIVE_CACHE` (default `~/.cache/medunlearn_jax`), keyed by the
 source and jaxlib version; no binary is downloaded or committed. When there is no compiler, the CPU lacks
@@ -23,14 +24,17 @@ import threading
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-_SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_wgrad.cc', 'conv_fwd.cc'))
+_SOURCES = tuple(pathlib.Path(__file__).with_name(n) for n in ('conv_wgrad.cc', 'conv_fwd.cc', 'group_norm.cc'))
 _HEADERS = (pathlib.Path(__file__).with_name('parallel.h'),)
 TARGET = 'medunlearn_conv_wgrad'
 FWD_TARGET = 'medunlearn_conv_fwd'
-TARGETS = (TARGET, FWD_TARGET)
+GN_FWD_TARGET = 'medunlearn_group_norm_fwd'
+GN_BWD_TARGET = 'medunlearn_group_norm_bwd'
+TARGETS = (TARGET, FWD_TARGET, GN_FWD_TARGET, GN_BWD_TARGET)
 _local = threading.local()
 
 
@@ -89,6 +93,8 @@ def available() -> bool:
     lib = ctypes.cdll.LoadLibrary(str(_build(cache)))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.MedunlearnConvWgrad), platform='cpu')
     jax.ffi.register_ffi_target(FWD_TARGET, jax.ffi.pycapsule(lib.MedunlearnConvFwd), platform='cpu')
+    jax.ffi.register_ffi_target(GN_FWD_TARGET, jax.ffi.pycapsule(lib.MedunlearnGroupNormFwd), platform='cpu')
+    jax.ffi.register_ffi_target(GN_BWD_TARGET, jax.ffi.pycapsule(lib.MedunlearnGroupNormBwd), platform='cpu')
   except (OSError, subprocess.CalledProcessError, AttributeError) as e:
     detail = getattr(e, 'stderr', '') or e
     logging.warning('native convolution kernel unavailable, using XLA\'s convolution: %s', str(detail)[:500])
@@ -101,13 +107,17 @@ def is_disabled() -> bool:
   return getattr(_local, 'off', False)
 
 
+def _single_cpu_device() -> bool:
+  """Kernels on: not inside `disabled()`, XLA:CPU with one device, library built."""
+  return not is_disabled() and jax.default_backend() == 'cpu' and jax.device_count() == 1 and available()
+
+
 def supports(x_shape, dy_shape, dtype) -> bool:
   """Whether `conv2d` should use the kernel: float32, Cin % 4 == 0, Cout % 64 == 0, XLA:CPU with one
   device. (Around a custom call, XLA's partitioner would gather a batch sharded over several devices to each
   of them; multi-device CPU meshes, which are mostly tests with fake devices, keep XLA's convolution.)"""
   return (np.dtype(dtype) == np.float32 and x_shape[-1] % 4 == 0 and dy_shape[-1] % 64 == 0
-          and not is_disabled() and jax.default_backend() == 'cpu' and jax.device_count() == 1
-          and available())
+          and _single_cpu_device())
 
 
 def conv_wgrad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int], stride: int,
@@ -123,8 +133,7 @@ def conv_wgrad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int], stride: 
 def supports_fwd(x_shape, w_shape, dtype) -> bool:
   """Whether `conv_fwd` should serve a stride-1 convolution: float32, Cin >= 16 (the register tile reloads
   its accumulators once per tap and Cin), Cout % 64 == 0, XLA:CPU with one device."""
-  return (np.dtype(dtype) == np.float32 and x_shape[-1] >= 16 and w_shape[-1] % 64 == 0
-          and not is_disabled() and jax.default_backend() == 'cpu' and jax.device_count() == 1 and available())
+  return np.dtype(dtype) == np.float32 and x_shape[-1] >= 16 and w_shape[-1] % 64 == 0 and _single_cpu_device()
 
 
 def conv_fwd(x: jax.Array, w: jax.Array, pads) -> jax.Array:
@@ -140,3 +149,28 @@ def conv_fwd(x: jax.Array, w: jax.Array, pads) -> jax.Array:
   # weight reads were strided by up to 2 KiB and it ran 3-4x slower on 512-channel layers (PERF_NOTES.md).
   packed = w.reshape(kh, kw, ci, co // 64, 64).transpose(3, 0, 1, 2, 4)
   return call(x, packed, pad_top=np.int64(pt), pad_left=np.int64(pl))
+
+
+def supports_norm(x_shape, dtype) -> bool:
+  """Whether `group_norm_fwd` / `group_norm_bwd` should serve a GroupNorm: float32 on XLA:CPU with one
+  device (the same gates as the convolution kernels)."""
+  return np.dtype(dtype) == np.float32 and len(x_shape) >= 2 and _single_cpu_device()
+
+
+def group_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float):
+  """GroupNorm of `x` (B, N, C) float32: returns (y, mean, rstd), the statistics of shape (B, groups)."""
+  b, _, c = x.shape
+  stat = jax.ShapeDtypeStruct((b, groups), np.float32)
+  call = jax.ffi.ffi_call(GN_FWD_TARGET, (jax.ShapeDtypeStruct(x.shape, np.float32), stat, stat),
+                          vmap_method='sequential')
+  return call(x, scale, bias, eps=np.float32(eps))
+
+
+def group_norm_bwd(x, dy, scale, mean, rstd):
+  """Backward of `group_norm_fwd`: returns (dx, dscale, dbias) for x (B, N, C)."""
+  b, _, c = x.shape
+  part = jax.ShapeDtypeStruct((b, c), np.float32)
+  call = jax.ffi.ffi_call(GN_BWD_TARGET, (jax.ShapeDtypeStruct(x.shape, np.float32), part, part),
+                          vmap_method='sequential')
+  dx, dscale, dbias = call(x, dy, scale, mean, rstd)
+  return dx, jnp.sum(dscale, axis=0), jnp.sum(dbias, axis=0)
