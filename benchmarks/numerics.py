@@ -1,5 +1,5 @@
-r"""Numerics of the fast default ResNet-18 (custom-VJP ops, tuned XLA:CPU options) vs stock Flax layers with
-XLA defaults: the same training run on real PneumoniaMNIST, loss per step side by side.
+r"""Numerics of the fast default ResNet-18 (custom-VJP ops, native XLA:CPU kernels, `medunlearn_jax.xla` options)
+vs stock Flax layers with XLA defaults: the same training run on real PneumoniaMNIST, loss per step side by side.
 
   MEDUNLEARN_DATA_DIR=../shared/data .venv/bin/python benchmarks/numerics.py [--steps=20]
 

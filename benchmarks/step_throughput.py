@@ -8,7 +8,8 @@ r"""Throughput of the step engine: train step, eval pass and two-batch unlearnin
 For each case it prints the compile seconds, the median step time, images/s, XLA's temp/argument memory for
 the program and the process's peak RSS, XLA's FLOP count and the model-FLOP utilisation against
 `--peak_tflops` (defaults: on CPU, a measured 2048^2 matrix product in the compute dtype — about 0.19 TFLOP/s
-f32 on the 2-core Zen 4 VM this was tuned on; H100 SXM dense 67 f32 / 989 bf16 TFLOP/s). With `--torch_python`, it alternates runs with the PyTorch reference
+f32 on the 2-core Zen 4 VM this was first tuned on, 0.31 on the 2-core Intel Xeon VM of the latest figures;
+H100 SXM dense 67 f32 / 989 bf16 TFLOP/s). With `--torch_python`, it alternates runs with the PyTorch reference
 (`../shared/bench/torch_resnet_step.py`: same architecture, shapes and thread count) and prints the
 JAX/PyTorch ratio as the median of paired runs. `--loader` prints the input pipeline's throughput
 (`engine.plan_batches` + `engine.to_device`, images/s) next to the step's; `--eval_compiles` counts the XLA

@@ -8,8 +8,8 @@ the default normalisation so that every step is a pure function of the parameter
 Implementation switches (same parameters and float32 function either way; see `benchmarks/PERF_NOTES.md`):
   conv_impl: 'flax' (`nn.Conv`), 'xla' (plain `lax.conv_general_dilated`) or 'custom' (`ops.conv2d`, a
     custom VJP: flipped-kernel / parity-split input gradients);
-  norm_impl: 'flax' (`nn.GroupNorm`, one-pass variance, autodiff) or 'custom' (`ops.group_norm`, two-pass
-    variance, closed-form VJP);
+  norm_impl: 'flax' (`nn.GroupNorm`, one-pass variance, autodiff) or 'custom' (`ops.group_norm`, shifted
+    moments, closed-form VJP; the native kernel of `ops.native` for float32 on single-device XLA:CPU);
   barrier: `lax.optimization_barrier` on convolution inputs (stops XLA recomputing the norm chain in the
     backward pass);
   conv_kernel: the custom convolution's stride-1 forward and input-gradient kernels ('auto': the native

@@ -97,7 +97,7 @@ def available() -> bool:
     jax.ffi.register_ffi_target(GN_BWD_TARGET, jax.ffi.pycapsule(lib.MedunlearnGroupNormBwd), platform='cpu')
   except (OSError, subprocess.CalledProcessError, AttributeError) as e:
     detail = getattr(e, 'stderr', '') or e
-    logging.warning('native convolution kernel unavailable, using XLA\'s convolution: %s', str(detail)[:500])
+    logging.warning('native kernels unavailable, using XLA\'s convolution and GroupNorm: %s', str(detail)[:500])
     return False
   return True
 
@@ -159,8 +159,7 @@ def supports_norm(x_shape, dtype) -> bool:
 
 def group_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float):
   """GroupNorm of `x` (B, N, C) float32: returns (y, mean, rstd), the statistics of shape (B, groups)."""
-  b, _, c = x.shape
-  stat = jax.ShapeDtypeStruct((b, groups), np.float32)
+  stat = jax.ShapeDtypeStruct((x.shape[0], groups), np.float32)
   call = jax.ffi.ffi_call(GN_FWD_TARGET, (jax.ShapeDtypeStruct(x.shape, np.float32), stat, stat),
                           vmap_method='sequential')
   return call(x, scale, bias, eps=np.float32(eps))

@@ -3,8 +3,9 @@
 // out[n, oh, ow, co] = sum over (kh, kw, ci) of x[n, oh + kh - pt, ow + kw - pl, ci] * w[kh, kw, ci, co],
 // with x zero outside the image: taps that fall on padding are skipped, not multiplied by zero (on a 4x4 map a
 // padded 3x3 convolution is 31 % zeros). Serves the forward pass of stride-1 layers and the input gradients
-// (flipped kernels; stride-2 layers as parity sub-kernels). Output rows are split between the calling thread
-// and XLA's intra-op pool.
+// (flipped kernels; stride-2 layers as parity sub-kernels). The kernel arrives packed as (Cout/64, KH, KW, Cin, 64)
+// so that each 64-channel block is contiguous. Work items, shared by the calling thread and XLA's intra-op pool,
+// are (output-channel block, chunk of output rows), or on narrow maps chunks of (position, group of images).
 #include <immintrin.h>
 
 #include <algorithm>
