@@ -12,7 +12,7 @@ CONFIG ?= experiments/configs/default.py
 WORKDIR ?= runs/default
 ARGS ?=
 
-.PHONY: venv run test bench reproduce clean-venv
+.PHONY: venv run test bench gpu-check reproduce clean-venv
 
 $(VENV)/.installed: requirements.txt setup.cfg
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (set PYTHON312=/path/to/python3.12)"; exit 1; }
@@ -35,6 +35,10 @@ reproduce: venv
 
 bench: venv
 	$(PY) benchmarks/step_throughput.py
+
+# On a GPU machine: its python3 with JAX + CUDA (and torch for the side-by-side figures); see the script.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

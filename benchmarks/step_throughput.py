@@ -2,14 +2,17 @@ r"""Throughput of the step engine: train step, eval pass and two-batch unlearnin
 
   .venv/bin/python benchmarks/step_throughput.py [--sizes=28,64] [--batch=128] [--model=resnet18]
       [--modes=train,eval,twopass] [--steps=3] [--repeats=3] [--dtype=float32|bfloat16]
-      [--impl='{"conv_impl": "flax", "norm_impl": "flax", "barrier": false}'] [--xla=tuned|default]
+      [--kernels=auto,xla] [--xla=tuned|default]
       [--torch_python=/path/to/python-with-torch] [--loader] [--eval_compiles]
 
-For each case it prints the compile seconds, the median step time, images/s, XLA's temp/argument memory for
-the program and the process's peak RSS, XLA's FLOP count and the model-FLOP utilisation against
-`--peak_tflops` (defaults: on CPU, a measured 2048^2 matrix product in the compute dtype — about 0.19 TFLOP/s
-f32 on the 2-core Zen 4 VM this was first tuned on, 0.31 on the 2-core Intel Xeon VM of the latest figures;
-H100 SXM dense 67 f32 / 989 bf16 TFLOP/s). With `--torch_python`, it alternates runs with the PyTorch reference
+For each case and each model layer choice of `--kernels` ('auto' as a run resolves it here, 'xla' = stock
+Flax layers, 'native' = the CPU kernels; see `models.layers`) it prints the compile seconds, the median step
+time, images/s, XLA's temp/argument memory for the program and the process's peak RSS, XLA's FLOP count (of the stock-layer program) and the model-FLOP
+utilisation: `mfu` against the rate this device reaches on a large matrix product in the compute dtype
+(measured here, every platform: no table of CPUs can know a VM's clocks and limits), or `--peak_tflops`; on
+GPUs also `mfu_datasheet` against the H100/H200 SXM datasheet's dense peak (bf16 989 TFLOP/s; float32 counted
+as TF32, 495 TFLOP/s, since XLA's default precision runs float32 convolutions and dots on TF32 tensor cores).
+With `--torch_python`, it alternates runs with the PyTorch reference
 (`../shared/bench/torch_resnet_step.py`: same architecture, shapes and thread count) and prints the
 JAX/PyTorch ratio as the median of paired runs. `--loader` prints the input pipeline's throughput
 (`engine.plan_batches` + `engine.to_device`, images/s) next to the step's; `--eval_compiles` counts the XLA
@@ -47,8 +50,7 @@ flags.DEFINE_list('modes', ['train', 'eval', 'twopass'], 'train | eval | twopass
 flags.DEFINE_integer('batch', 128, 'Global batch size.')
 flags.DEFINE_string('model', 'resnet18', 'Model name.')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype (parameters stay float32).')
-flags.DEFINE_string('impl', '{}', 'JSON model kwargs, e.g. the stock Flax layers: '
-                    '{"conv_impl": "flax", "norm_impl": "flax", "barrier": false}.')
+flags.DEFINE_list('kernels', ['auto', 'xla'], "Model layers to measure: auto | xla | native (models.layers).")
 flags.DEFINE_enum('xla', 'tuned', ['tuned', 'default'], 'tuned: medunlearn_jax.xla options; default: none.')
 flags.DEFINE_integer('classes', 2, 'Number of classes.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per run (median reported).')
@@ -61,15 +63,14 @@ flags.DEFINE_string('torch_python', '', 'A Python with torch installed, to run t
 flags.DEFINE_string('torch_script', str(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' /
                                         'torch_resnet_step.py'), 'The PyTorch reference script.')
 
-# Datasheet peaks of an H100 SXM. CPUs have no reliable table (clock, SMT and VM limits vary): there the
-# reference is a measured large matrix product in the compute dtype (`matmul_tflops`), i.e. what XLA's best
-# kernel reaches on this machine.
-_PEAK_TFLOPS = {('gpu', 'float32'): 67.0, ('gpu', 'bfloat16'): 989.0}
+# Dense datasheet peaks of the H100/H200 SXM (the same chip), reported beside the measured reference.
+_DATASHEET_TFLOPS = {('gpu', 'float32'): 495.0, ('gpu', 'bfloat16'): 989.0}
 
 
 @functools.cache
-def matmul_tflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-  """Best TFLOP/s of an n x n matrix product in `dtype` on the default device."""
+def matmul_tflops(dtype: str, n: int = 0, repeats: int = 5) -> float:
+  """Best TFLOP/s of an n x n matrix product in `dtype` on the default device (n: 2048 on CPU, 8192 else)."""
+  n = n or (2048 if jax.default_backend() == 'cpu' else 8192)
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
@@ -86,21 +87,26 @@ def channels_for(size: int) -> int:
   return 1 if size == 28 else 3
 
 
-def make_problem(size: int, ch: int) -> base.Problem:
-  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype, **json.loads(FLAGS.impl))
+def resolved(kernels: str) -> str:
+  return models.resolve_kernels(FLAGS.model, kernels, dtype=FLAGS.dtype)
+
+
+def make_problem(size: int, ch: int, kernels: str) -> base.Problem:
+  kernels = resolved(kernels)
+  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype, kernels=kernels)
   return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
                       init_fn=lambda rng: model.init(rng, jnp.zeros((1, size, size, ch)))['params'],
-                      num_classes=FLAGS.classes)
+                      num_classes=FLAGS.classes, stock_layers=models.stock_layers)
 
 
 def _compile(lowered, kind: str):
   return xla.compile(lowered, kind, FLAGS.dtype) if FLAGS.xla == 'tuned' else lowered.compile()
 
 
-def make_case(mode: str, size: int, mesh):
+def make_case(mode: str, size: int, mesh, kernels: str):
   """Returns (compiled step, args, images per call, compile seconds, stateful, FLOPs) for one case."""
   ch = channels_for(size)
-  problem = make_problem(size, ch)
+  problem = make_problem(size, ch, kernels)
   params = jax.jit(problem.init_fn, out_shardings=engine.replicated(mesh))(jax.random.key(0))
   rng = np.random.default_rng(0)
 
@@ -116,7 +122,7 @@ def make_case(mode: str, size: int, mesh):
     lowered = predict.lower(params, batch)
     compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
     compile_s = time.perf_counter() - t0
-    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch))
+    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch), problem.stock_layers)
     return compiled, (params, batch), FLAGS.batch, compile_s, False, flops
 
   def loss(p, batches, context, key):
@@ -137,7 +143,7 @@ def make_case(mode: str, size: int, mesh):
   lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
   compiled = _compile(lowered, 'train')
   compile_s = time.perf_counter() - t0
-  flops = engine.program_flops(lowered, step, (state, batch, key))
+  flops = engine.program_flops(lowered, step, (state, batch, key), problem.stock_layers)
   return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, flops
 
 
@@ -150,8 +156,8 @@ def _memory_mib(compiled) -> dict:
     return {}
 
 
-def time_jax(mode: str, size: int, mesh) -> dict:
-  compiled, args, images, compile_s, stateful, flops = make_case(mode, size, mesh)
+def time_jax(mode: str, size: int, mesh, kernels: str) -> dict:
+  compiled, args, images, compile_s, stateful, flops = make_case(mode, size, mesh, kernels)
   times = []
   for i in range(FLAGS.warmup + FLAGS.steps):
     t0 = time.perf_counter()
@@ -163,13 +169,16 @@ def time_jax(mode: str, size: int, mesh) -> dict:
       times.append(time.perf_counter() - t0)
   med = statistics.median(times)
   platform = jax.devices()[0].platform
-  peak = FLAGS.peak_tflops or _PEAK_TFLOPS.get((platform, FLAGS.dtype)) or (
-      matmul_tflops(FLAGS.dtype) if platform == 'cpu' else 0.0)
-  out = {'framework': 'jax', 'mode': mode, 'size': size, 'compile_s': round(compile_s, 2),
+  peak = FLAGS.peak_tflops or matmul_tflops(FLAGS.dtype)
+  datasheet = _DATASHEET_TFLOPS.get((platform, FLAGS.dtype))
+  out = {'framework': 'jax', 'kernels': f'{kernels}={resolved(kernels)}', 'mode': mode, 'size': size,
+         'compile_s': round(compile_s, 2),
          'median_step_s': round(med, 4), 'images_per_s': round(images / med, 1),
          'gflop_per_step': round(flops / 1e9, 1),
-         'mfu': round(flops / med / (peak * 1e12), 3) if peak and flops else None,
+         'mfu': round(flops / med / (peak * 1e12), 3) if peak and flops else None, 'peak_tflops': round(peak, 2),
          'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+  if datasheet and flops:
+    out['mfu_datasheet'] = round(flops / med / (datasheet * 1e12), 3)
   out.update(_memory_mib(compiled))
   return out
 
@@ -195,7 +204,7 @@ def loader_throughput(size: int, mesh, streams: int = 2, steps: int = 20) -> flo
 def eval_compile_count(size: int, mesh) -> dict:
   """XLA compilations for evaluating two models over three splits of different lengths."""
   ch = channels_for(size)
-  problem = make_problem(size, ch)
+  problem = make_problem(size, ch, FLAGS.kernels[0])
   count = [0]
 
   def listener(event, duration, **kwargs):
@@ -223,18 +232,45 @@ def eval_compile_count(size: int, mesh) -> dict:
 def time_torch(mode: str, size: int) -> dict | None:
   if not FLAGS.torch_python:
     return None
+  device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
   cmd = [FLAGS.torch_python, FLAGS.torch_script, '--mode', mode, '--size', str(size), '--channels',
          str(channels_for(size)), '--batch', str(FLAGS.batch), '--classes', str(FLAGS.classes), '--steps',
-         str(FLAGS.steps), '--warmup', str(FLAGS.warmup), '--threads', str(os.cpu_count())]
+         str(FLAGS.steps), '--warmup', str(FLAGS.warmup), '--threads', str(os.cpu_count()), '--device', device,
+         '--dtype', FLAGS.dtype]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(mode: str, size: int, mesh) -> list[dict]:
+  """One summary per `--kernels` value: medians over `--repeats` runs, each paired with the PyTorch run of
+  the same repeat (the frameworks alternate so that machine drift hits both alike)."""
+  runs = {k: [] for k in FLAGS.kernels}
+  torch_ips = []
+  for _ in range(FLAGS.repeats):
+    for kernels in FLAGS.kernels:
+      runs[kernels].append(time_jax(mode, size, mesh, kernels))
+    torch_run = time_torch(mode, size)
+    if torch_run:
+      torch_ips.append(torch_run['images_per_s'])
+  out = []
+  for kernels, jax_runs in runs.items():
+    ips = [r['images_per_s'] for r in jax_runs]
+    summary = dict(jax_runs[-1], images_per_s=statistics.median(ips), runs=ips)
+    if torch_ips:
+      summary['torch_images_per_s'] = statistics.median(torch_ips)
+      summary['torch_runs'] = torch_ips
+      summary['jax_over_torch'] = round(statistics.median(a / b for a, b in zip(ips, torch_ips)), 3)
+      summary['paired_runs'] = len(torch_ips)
+    out.append(summary)
+  return out
 
 
 def main(argv):
   del argv
   mesh = engine.make_mesh()
   print(f'# {jax.device_count()} {jax.devices()[0].platform} device(s) ({jax.devices()[0].device_kind}), '
-        f'jax {jax.__version__}, model {FLAGS.model} {FLAGS.impl}, batch {FLAGS.batch}, dtype {FLAGS.dtype}, '
+        f'jax {jax.__version__}, model {FLAGS.model}, kernels {[f"{k}={resolved(k)}" for k in FLAGS.kernels]}, '
+        f'batch {FLAGS.batch}, dtype {FLAGS.dtype}, '
         f'xla {FLAGS.xla} {xla.compiler_options("train", FLAGS.dtype) if FLAGS.xla == "tuned" else {}}, '
         f'{os.cpu_count()} CPU threads', flush=True)
   for size in map(int, FLAGS.sizes):
@@ -246,24 +282,10 @@ def main(argv):
     if extra:
       print(json.dumps(dict(size=size, **extra)), flush=True)
     for mode in FLAGS.modes:
-      runs, ratios, torch_ips = [], [], []
-      for _ in range(FLAGS.repeats):  # Alternate the two frameworks so machine drift hits both alike.
-        jax_run = time_jax(mode, size, mesh)
-        torch_run = time_torch(mode, size)
-        runs.append(jax_run)
-        if torch_run:
-          ratios.append(jax_run['images_per_s'] / torch_run['images_per_s'])
-          torch_ips.append(torch_run['images_per_s'])
-      summary = dict(runs[-1], images_per_s=statistics.median(r['images_per_s'] for r in runs),
-                     runs=[r['images_per_s'] for r in runs])
-      if ratios:
-        summary['torch_images_per_s'] = statistics.median(torch_ips)
-        summary['torch_runs'] = torch_ips
-        summary['jax_over_torch'] = round(statistics.median(ratios), 3)
-        summary['paired_runs'] = len(ratios)
-      if 'loader_images_per_s' in extra:
-        summary['loader_over_step'] = round(extra['loader_images_per_s'] / summary['images_per_s'], 1)
-      print(json.dumps(summary), flush=True)
+      for summary in measure(mode, size, mesh):
+        if 'loader_images_per_s' in extra:
+          summary['loader_over_step'] = round(extra['loader_images_per_s'] / summary['images_per_s'], 1)
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == '__main__':

@@ -15,13 +15,14 @@ Every algorithm (plain training, retraining, every unlearning method) runs throu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import queue
 import threading
 import time
 import zlib
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 from absl import logging
 import flax.struct
@@ -35,7 +36,6 @@ from medunlearn_jax import errors
 from medunlearn_jax import xla
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
-from medunlearn_jax.ops import native
 
 PyTree = Any
 DATA_AXIS = 'data'
@@ -265,16 +265,17 @@ def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_
     yield t, phase_index, host, examples
 
 
-def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[Any] = ()) -> float:
+def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[Any] = (),
+                  stock_layers: Callable[[], ContextManager[Any]] | None = None) -> float:
   """XLA's FLOP estimate of a lowered program, counted on the HLO before backend optimisation (so that
   convolutions handed to library custom calls such as oneDNN are still counted).
 
-  Our own native kernels are custom calls already in the lowered program, invisible to the estimate; when
-  the program holds one, the unjitted `fn` it was lowered from is traced again on `args` with them disabled
-  and that program is counted, so FLOP costs do not depend on which kernel ran.
+  With `stock_layers` (a model's `Problem.stock_layers`), the unjitted `fn` is traced again on `args` inside
+  that context and the stock-layer program is counted instead, so FLOP costs do not depend on which kernels
+  computed the step (custom calls are invisible to the estimate, and custom VJPs count other operations).
   """
-  if fn is not None and any(t in lowered.as_text() for t in native.TARGETS):
-    with native.disabled():
+  if fn is not None and stock_layers not in (None, contextlib.nullcontext):
+    with stock_layers():
       # A fresh function object: jit would otherwise reuse its cached trace of `fn` (with the kernels).
       lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
   try:
@@ -289,8 +290,8 @@ def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
         *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
         meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
-        prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None
-        ) -> tuple[PyTree, Cost]:
+        prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None,
+        stock_layers: Callable[[], ContextManager[Any]] | None = None) -> tuple[PyTree, Cost]:
   """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
 
   Args:
@@ -306,6 +307,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       keeps the cost recorded in its checkpoint).
     on_epoch: called with (epoch, params) whenever the first phase completes an epoch of its driver
       stream (e.g. to record learning dynamics); its time is not counted in the cost.
+    stock_layers: the model's `Problem.stock_layers`; FLOPs are counted on the step traced inside it.
 
   Returns:
     The final parameters (replicated on the mesh) and the accumulated `Cost`.
@@ -372,7 +374,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
-      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec)))
+      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec), stock_layers))
     meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
     rng = step_rng(t)
     state, metrics = compiled[key][0](state, batch, rng)

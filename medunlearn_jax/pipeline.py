@@ -14,6 +14,7 @@ continues an interrupted experiment. Only process 0 writes files; Orbax coordina
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -82,6 +83,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise errors.ConfigError('batch sizes must be positive')
   models.make_model(config.model.name, 2)  # Unknown model names fail here, before any work.
+  try:
+    np.dtype(config.model.dtype)
+  except TypeError:
+    raise errors.ConfigError(f'model.dtype must be float32 or bfloat16, got {config.model.dtype!r}') from None
+  if np.dtype(config.model.dtype).name not in ('float32', 'bfloat16'):
+    raise errors.ConfigError(f'model.dtype must be float32 or bfloat16, got {config.model.dtype!r}')
   from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.family(config.dataset.name)
   algorithm_names(config)
@@ -121,6 +128,7 @@ class Experiment:
   splits: dict[str, ds_lib.Split]
   problem: base.Problem
   mesh: jax.sharding.Mesh
+  kernels: str = 'xla'  # The layers the model is built from ('xla' or 'native', `model_kernels`).
 
   @functools.cached_property
   def predict(self):
@@ -135,9 +143,18 @@ class Experiment:
                              checkpoint_every_steps=c.checkpoint_every_steps)
 
 
-def make_problem(config: ml_collections.ConfigDict, info: ds_lib.DatasetInfo) -> base.Problem:
-  """The model of a config, wrapped as the `Problem` algorithms work on."""
-  model = models.make_model(config.model.name, info.num_classes, dtype=config.model.dtype,
+def model_kernels(config: ml_collections.ConfigDict) -> str:
+  """The layers ('xla' or 'native') this run's model is built from: `config.model.kernels` resolved for
+  the run's devices, dtype and algorithms (`models.resolve_kernels`)."""
+  forward_mode = [n for n in algorithm_names(config) if algorithms.get(n).forward_mode]
+  return models.resolve_kernels(config.model.name, config.model.kernels, dtype=config.model.dtype,
+                                forward_mode=forward_mode)
+
+
+def make_problem(config: ml_collections.ConfigDict, info: ds_lib.DatasetInfo, kernels: str = 'xla'
+                 ) -> base.Problem:
+  """The model of a config built with `kernels` layers, wrapped as the `Problem` algorithms work on."""
+  model = models.make_model(config.model.name, info.num_classes, dtype=config.model.dtype, kernels=kernels,
                             **config.model.get('kwargs', {}))
   dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
 
@@ -148,7 +165,8 @@ def make_problem(config: ml_collections.ConfigDict, info: ds_lib.DatasetInfo) ->
     return model.init(rng, dummy)['params']
 
   return base.Problem(apply_fn=apply_fn, init_fn=init_fn, num_classes=info.num_classes,
-                      multilabel=info.task == 'multi-label')
+                      multilabel=info.task == 'multi-label',
+                      stock_layers=models.stock_layers if kernels == 'native' else contextlib.nullcontext)
 
 
 def init_params(exp: Experiment) -> Any:
@@ -199,7 +217,7 @@ def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapp
                  ('finished earlier, loading' if saved.get('done') else 'resuming'))
     return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
                       checkpoints=checkpoints, meta=meta, on_step=on_step, prepare_seconds=prepare_seconds,
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, stock_layers=exp.problem.stock_layers)
   finally:
     checkpoints.close()
 
@@ -242,6 +260,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   """Validates the config and workdir, loads the data and builds the model; writes config.json."""
   from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   validate(config)
+  kernels = model_kernels(config)  # 'native' where it cannot run fails here, before any work.
   workdir = pathlib.Path(workdir).absolute()
   check_workdir(config, workdir)
   check_stages(config, workdir)
@@ -260,7 +279,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
     multihost_utils.sync_global_devices('workdir ready')
   logging.info('dataset %s %dpx: %s; %d devices', config.dataset.name, config.dataset.image_size,
                {k: len(v) for k, v in splits.items()}, mesh.size)
-  return Experiment(config, workdir, info, splits, make_problem(config, info), mesh)
+  logging.info('model %s (%s) with %s layers (model.kernels=%r)', config.model.name, config.model.dtype,
+               'stock Flax' if kernels == 'xla' else 'native CPU-kernel', kernels, config.model.kernels)
+  return Experiment(config, workdir, info, splits, make_problem(config, info, kernels), mesh, kernels)
 
 
 def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLike
@@ -393,13 +414,13 @@ def run_populations(exp: Experiment, original_params: Any) -> dict[str, Any]:
   kwargs = dict(batch_size=c.eval_batch_size, mesh=exp.mesh)
   retrained, cost = sweeps.run_population(erm_algorithm(exp, 'retain'), {'retain': exp.splits['retain']}, None,
                                           {}, mesh=exp.mesh, options=exp.options, seeds=seeds,
-                                          init_fn=exp.problem.init_fn)
+                                          init_fn=exp.problem.init_fn, stock_layers=exp.problem.stock_layers)
   reference = populations_lib.population_outputs(exp.problem, retrained, exp.splits, **kwargs)
   out = {'seeds': seeds, 'retrain_cost': cost.to_json(), 'models': {}}
   for name in algorithm_names(c):
     algorithm, start, context, _ = build_algorithm(exp, name, original_params)
     stacked, cost = sweeps.run_population(algorithm, exp.splits, start, context, mesh=exp.mesh,
-                                          options=exp.options, seeds=seeds)
+                                          options=exp.options, seeds=seeds, stock_layers=exp.problem.stock_layers)
     outputs = populations_lib.population_outputs(exp.problem, stacked, exp.splits, **kwargs)
     out['models'][name] = dict(populations_lib.compare(outputs, reference, exp.splits), cost=cost.to_json())
     logging.info('population of %d %s models: forgetting quality %.3f', len(seeds), name,
@@ -439,6 +460,7 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
   info = {'dataset': exp.info.name, 'task': exp.info.task, 'num_classes': exp.info.num_classes,
           'class_names': list(exp.info.class_names),
           'config': {'dataset': c.dataset.name, 'image_size': c.dataset.image_size, 'model': c.model.name,
+                     'dtype': c.model.dtype, 'kernels': exp.kernels, 'platform': jax.default_backend(),
                      'seed': c.seed, 'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size}}
   if is_writer():
     results_lib.save_run(exp.workdir, caches, cost_json, info)

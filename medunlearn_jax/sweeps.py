@@ -53,7 +53,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
                    context: PyTree, *, mesh: jax.sharding.Mesh, options: engine.RunOptions,
                    seeds: Sequence[int], lr_scales: Sequence[float] | None = None,
                    init_fn: Callable[[jax.Array], PyTree] | None = None,
-                   vectorize: int | None = None) -> tuple[PyTree, engine.Cost]:
+                   vectorize: int | None = None, stock_layers=None) -> tuple[PyTree, engine.Cost]:
   """Trains K = len(seeds) models of one algorithm side by side in one jitted, vmapped program.
 
   Args:
@@ -69,6 +69,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
       (plain `jax.vmap`, the default). On XLA:CPU a convolution vmapped over per-model kernels becomes a
       grouped convolution, which is slower than K separate ones (benchmarks/sweep.py measures both; the
       README has the figures); smaller values trade vectorisation for a loop inside the program.
+    stock_layers: the model's `Problem.stock_layers`; FLOPs are counted on the step traced inside it.
 
   Returns:
     Parameters stacked on a leading model axis, and the population's total `Cost`.
@@ -123,7 +124,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
       compiled[phase_index] = xla.compile(lowered, 'train')
       cost.compile_seconds += time.perf_counter() - t0
       loop_start += time.perf_counter() - t0
-      flops[phase_index] = engine.program_flops(lowered, vstep, (state, batch, rngs))
+      flops[phase_index] = engine.program_flops(lowered, vstep, (state, batch, rngs), stock_layers)
     state, metrics = compiled[phase_index](state, batch, rngs)
     cost.steps += 1
     cost.examples += examples

@@ -93,7 +93,8 @@ def tune_algorithm(exp: pipeline.Experiment, name: str, original: Any, reference
     k = len(lrs) if lrs else 1
     stacked, cost = sweeps.run_population(algorithm, exp.splits, start, context, mesh=exp.mesh,
                                           options=exp.options, seeds=[c.seed] * k,
-                                          lr_scales=[lr / lrs[0] for lr in lrs] if lrs else None)
+                                          lr_scales=[lr / lrs[0] for lr in lrs] if lrs else None,
+                                          stock_layers=exp.problem.stock_layers)
     cost.seconds += prepare_seconds
     _add(search, cost, k)
     logits = populations_lib.population_outputs(exp.problem, stacked, exp.splits, names=SPLITS,
@@ -108,7 +109,7 @@ def tune_algorithm(exp: pipeline.Experiment, name: str, original: Any, reference
   algorithm, start, context, prepare_seconds = pipeline.build_algorithm(
       exp, name, original, _with(base_hp, chosen['hparams']))
   _, alone = engine.run(algorithm, exp.splits, start, context, mesh=exp.mesh, options=exp.options,
-                        prepare_seconds=prepare_seconds)
+                        prepare_seconds=prepare_seconds, stock_layers=exp.problem.stock_layers)
   logging.info('tuning %s: %d points, chosen %s (val gap %.4f)', name, len(points), chosen['hparams'],
                chosen['val_gap'])
   return {'dims': sorted({d for p in points for d in p['hparams']}), 'points': points, 'chosen': chosen,

@@ -403,13 +403,8 @@ def test_real_nih_subset(real_data_dir):
   assert every.images.shape[1:] == (28, 28, 1) and every.images.std() > 10
 
 
-def test_real_ham10000_8x8(real_data_dir):
-  raw = SHARED / 'ham10000_8x8'
-  if not raw.is_dir():
-    pytest.skip(f'{raw} is absent')
-  builder = ham10000.prepare('dx', 28, raw_dir=SHARED / 'ham10000', data_dir=real_data_dir)  # falls back
-  meta = builder.info.metadata
-  assert (meta['rows'], meta['source'], meta['native_size']) == (10015, 'hmnist_8_8_L', 8)
+def _check_real_ham10000(builder, channels: int) -> None:
+  """What both shared HAM10000 folders must give: all 10,015 images, lesion-disjoint splits, official counts."""
   parts = read(builder)
   assert_patient_disjoint(parts)
   every = data_lib.ds_lib.concat(list(parts.values()), 'all')
@@ -418,5 +413,26 @@ def test_real_ham10000_8x8(real_data_dir):
   assert counts == {'nv': 6705, 'mel': 1113, 'bkl': 1099, 'bcc': 514, 'akiec': 327, 'vasc': 142, 'df': 115}
   assert dict(zip(*np.unique(every.meta['sex'], return_counts=True))) == {'M': 5406, 'F': 4552, '': 57}
   assert int(np.isnan(every.meta['age']).sum()) == 57
-  assert every.images.shape[1:] == (28, 28, 1)
-  assert json.loads((pathlib.Path(builder.data_dir) / 'metadata.json').read_text())['channels'] == 1
+  assert every.images.shape[1:] == (28, 28, channels) and every.images.std() > 10
+  assert json.loads((pathlib.Path(builder.data_dir) / 'metadata.json').read_text())['channels'] == channels
+
+
+def test_real_ham10000_8x8(real_data_dir):
+  raw = SHARED / 'ham10000_8x8'
+  if not raw.is_dir():
+    pytest.skip(f'{raw} is absent')
+  builder = ham10000.prepare('dx', 28, raw_dir=raw, data_dir=real_data_dir)
+  meta = builder.info.metadata
+  assert (meta['rows'], meta['source'], meta['native_size']) == (10015, 'hmnist_8_8_L', 8)
+  _check_real_ham10000(builder, channels=1)
+
+
+def test_real_ham10000_200x150_rgb(tmp_path):
+  """The shared folder of all 10,015 official images at 200x150 RGB, which the builder now finds first."""
+  raw = SHARED / 'ham10000'
+  if not raw.is_dir():
+    pytest.skip(f'{raw} is absent')
+  builder = ham10000.prepare('dx', 28, raw_dir=raw, data_dir=tmp_path)
+  meta = builder.info.metadata
+  assert (meta['rows'], meta['source'], meta['missing_images']) == (10015, 'jpg', 0)
+  _check_real_ham10000(builder, channels=3)

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medunlearn_jax import engine
 from medunlearn_jax import xla
 from medunlearn_jax.ops import conv as conv_lib
 from medunlearn_jax.ops import native
@@ -93,18 +92,6 @@ def test_conv2d_with_native_kernels_matches_autodiff(stride):
     assert _rel(got, want) < 1e-5
 
 
-@needs_native
-def test_program_flops_count_native_kernels():
-  # XLA's cost analysis sees a custom call as 0 FLOPs; costs must not depend on which kernel ran.
-  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 64))
-  grad = lambda mode: (lambda x, w: jax.grad(lambda w: conv_lib.conv2d(x, w, 1, 1, mode).sum())(w))
-  lowered = jax.jit(grad('native')).lower(x, w)
-  assert native.TARGET in lowered.as_text()
-  reference = engine.program_flops(jax.jit(grad('conv')).lower(x, w))
-  assert engine.program_flops(lowered) < reference
-  assert engine.program_flops(lowered, grad('native'), (x, w)) == reference
-
-
 def test_native_kernel_gates(monkeypatch):
   # The test session has 8 (fake) CPU devices: 'auto' keeps XLA's convolution there.
   assert jax.device_count() > 1 and not native.supports((2, 8, 8, 64), (2, 8, 8, 64), jnp.float32)
@@ -172,36 +159,63 @@ def test_group_norm_closer_to_float64_on_offset_data():
   assert np.abs(ours - ref).max() < np.abs(stock - ref).max()
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_compiler_options_keep_numerics(dtype):
-  """The XLA:CPU options chosen for training and eval programs give the same numbers as the defaults, on
-  convolutions and on XLA's GroupNorm over 128 channels, whose backward pass the former float32 option
-  (YNNPACK dots only) miscompiled in jaxlib 0.12.0.1."""
+# The float32 option used until jaxlib 0.12.0.1 showed that it miscompiles XLA's GroupNorm backward pass on
+# 128- and 512-channel maps (input gradients off by up to 30 % of their range).
+_MISCOMPILING_OPTION = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def _options_error(dtype: str, options: dict) -> float:
+  """Largest relative error, against a float64 reference computed without any option, of the value and
+  gradients of a conv + stock GroupNorm loss compiled in `dtype` with `options`."""
   rng = np.random.default_rng(4)
-  x = jnp.asarray(rng.normal(size=(16, 14, 14, 3)), dtype)
-  w1 = jnp.asarray(rng.normal(size=(3, 3, 3, 128)) * 0.2, jnp.float32)
-  w2 = jnp.asarray(rng.normal(size=(3, 3, 128, 8)) * 0.2, jnp.float32)
-  scale = jnp.asarray(rng.uniform(0.5, 1.5, 128), jnp.float32)
+  x64 = rng.normal(size=(16, 14, 14, 3))
+  w1_64, w2_64 = rng.normal(size=(3, 3, 3, 128)) * 0.2, rng.normal(size=(3, 3, 128, 8)) * 0.2
+  scale64 = rng.uniform(0.5, 1.5, 128)
+  h64, dh64 = rng.normal(size=(16, 14, 14, 128)) * 2 + 3, rng.normal(size=(16, 14, 14, 128))
+  conv = lambda x, w, s: jax.lax.conv_general_dilated(x, w, (s, s), [(1, 1)] * 2,
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
-  h = jnp.asarray(rng.normal(size=(16, 14, 14, 128)) * 2 + 3, dtype)
-  dh = jnp.asarray(rng.normal(size=h.shape), dtype)
+  def loss(w1, w2, scale, h, x, dh):
+    y = conv(jax.nn.relu(conv(x, w1, 1)), w2, 2)
+    gn = jax.nn.relu(norm_lib.reference_group_norm(h, scale, jnp.zeros_like(scale), 32))
+    return jnp.mean(jnp.square(y)) + jnp.sum(gn * dh)
 
-  def loss(w1, w2, scale, h):
-    conv = conv_lib.conv2d(jax.nn.relu(conv_lib.conv2d(x, w1.astype(dtype), 1, 1)), w2.astype(dtype), 2, 1)
-    gn = jax.nn.relu(norm_lib.group_norm(h, scale, jnp.zeros(128), 32))
-    return jnp.mean(jnp.square(conv.astype(jnp.float32))) + jnp.sum((gn * dh).astype(jnp.float32))
+  grad = jax.value_and_grad(loss, (0, 1, 2, 3))
+  with jax.enable_x64(True):
+    args64 = [jnp.asarray(a, jnp.float64) for a in (w1_64, w2_64, scale64, h64, x64, dh64)]
+    ref = [np.asarray(r) for r in jax.tree.leaves(jax.jit(grad)(*args64))]
+  args = [jnp.asarray(a, jnp.float32 if i == 2 else dtype) for i, a in enumerate((w1_64, w2_64, scale64, h64,
+                                                                                   x64, dh64))]
+  lowered = jax.jit(grad).lower(*args)
+  got = xla.compile(lowered, 'train', dtype, options=options)(*args)
+  return max(float(np.linalg.norm(np.asarray(g, np.float64) - r) / np.linalg.norm(r))
+             for g, r in zip(jax.tree.leaves(got), ref))
 
-  with native.disabled():  # XLA's own ops, which the options act on.
-    lowered = jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3))).lower(w1, w2, scale, h)
-  base = lowered.compile()(w1, w2, scale, h)
-  for kind in ('train', 'eval'):
-    tuned = xla.compile(lowered, kind, dtype, options=xla.compiler_options(kind, dtype, platform='cpu'))
-    for a, b in zip(jax.tree.leaves(tuned(w1, w2, scale, h)), jax.tree.leaves(base)):
-      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-      if dtype == 'float32':
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-      else:  # oneDNN rounds bf16 products in another order: compare whole tensors.
-        assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
+
+# Relative error of the whole computation against float64: float32 rounding (~1e-6) and bfloat16's 8-bit
+# mantissa over these sums (~1e-2) pass; the miscompile (~0.1-0.3) does not.
+_OPTIONS_TOL = {'float32': 1e-4, 'bfloat16': 5e-2}
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('kind', ['train', 'eval'])
+def test_compiler_options_keep_numerics(dtype, kind):
+  """The XLA:CPU options chosen for programs of this dtype compute what float64 computes without them."""
+  options = xla.compiler_options(kind, dtype, platform='cpu')
+  assert _options_error(dtype, options) < _OPTIONS_TOL[dtype]
+
+
+def test_numerics_check_catches_the_option_that_miscompiled_group_norm():
+  """The check above can fail: with the option that miscompiled GroupNorm's backward pass in jaxlib 0.12.0.1
+  on the Intel machine of the third session (relative errors 0.1-0.3) it does. The miscompile depends on the
+  CPU that YNNPACK's kernels are chosen for: where it does not manifest (measured on a later 2-core Intel
+  VM: error 2e-6 with or without the option) the test says so and skips."""
+  error = _options_error('float32', _MISCOMPILING_OPTION)
+  if any(k in xla._rejected for k in _MISCOMPILING_OPTION):  # pylint: disable=protected-access
+    pytest.skip('this jaxlib rejects the option')
+  if error < _OPTIONS_TOL['float32']:
+    pytest.skip(f'the miscompile does not manifest on this CPU (error {error:.1e} against float64)')
+  assert error > 100 * _OPTIONS_TOL['float32']
 
 
 def test_compiler_options_off_switch(monkeypatch):

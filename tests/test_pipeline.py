@@ -59,6 +59,9 @@ def test_pipeline_writes_results_manifest_and_outputs(tmp_path, synthetic_medmni
   assert saved['models']['finetune']['test']['accuracy'] == results['models']['finetune']['test']['accuracy']
   assert (workdir / 'results.md').read_text().startswith('| model |')
   assert json.loads((workdir / 'config.json').read_text())['dataset']['name'] == 'pneumoniamnist'
+  # The layers that computed every number: 'auto' resolves to stock Flax layers on this 8-device mesh.
+  assert json.loads((workdir / 'config.json').read_text())['model']['kernels'] == 'auto'
+  assert saved['config']['kernels'] == 'xla' and saved['config']['devices'] == 8
   outputs = results_lib.load_outputs(workdir / 'outputs' / 'original.npz')
   assert outputs['forget']['logits'].shape == (24, 2)
   np.testing.assert_array_equal(np.sort(outputs['forget']['ids']), manifest['ids'])
@@ -131,6 +134,9 @@ def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, s
     ({'algorithms': 'finetune,nope'}, 'unknown algorithm'),
     ({'dataset.name': 'nope'}, 'unknown dataset'),
     ({'model.name': 'nope'}, 'unknown model'),
+    ({'model.kernels': 'native'}, "model.kernels='native' is not valid here: the run uses 8 devices"),
+    ({'model.kernels': 'fast'}, 'model.kernels must be one of'),
+    ({'model.dtype': 'float8'}, 'model.dtype must be float32 or bfloat16'),
 ])
 def test_bad_config_fails_before_writing(tmp_path, overrides, message):
   with pytest.raises(errors.UserError, match=message):

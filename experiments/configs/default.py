@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_cnn'      # small_cnn | resnet18
   config.model.dtype = 'float32'       # Compute dtype; parameters stay float32.
+  # Layers: 'xla' = stock Flax (every GPU/TPU and multi-device run; forward-mode AD); 'native' = the CPU
+  # kernels of medunlearn_jax.ops (single-device XLA:CPU float32 only); 'auto' = 'native' exactly where it
+  # is valid and measured faster, else 'xla'. The layers used are logged and recorded in results.json.
+  config.model.kernels = 'auto'
 
   config.batch_size = 128              # Global batch size, split over all devices.
   config.eval_batch_size = 512

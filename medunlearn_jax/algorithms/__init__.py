@@ -2,7 +2,9 @@
 
 Each algorithm lives in its own module and registers itself with `register`: a name, a function returning
 its default hyper-parameters (an `ml_collections.ConfigDict`, with a `search_space` entry documenting the
-tuning grid), and a builder `build(problem, hparams, sizes, batch_size) -> Algorithm`.
+tuning grid), and a builder `build(problem, hparams, sizes, batch_size) -> Algorithm`. An algorithm that
+differentiates the model forward (`jax.jvp`, Hessian-vector products) registers with `forward_mode=True`, and
+a run that includes it builds its model from stock layers (`models.layers`: custom VJPs have no forward mode).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class Entry:
   default_config: Callable[[], ml_collections.ConfigDict]
   build: Builder
   doc: str = ''
+  forward_mode: bool = False
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -34,10 +37,11 @@ _NOT_ALGORITHMS = ('base',)
 
 
 def register(name: str, default_config: Callable[[], ml_collections.ConfigDict], build: Builder,
-             doc: str = '') -> None:
+             doc: str = '', forward_mode: bool = False) -> None:
+  """Registers an algorithm; `forward_mode=True` when its losses or set-up use forward-mode AD."""
   if name in _REGISTRY:
     raise ValueError(f'algorithm {name!r} registered twice')
-  _REGISTRY[name] = Entry(name, default_config, build, doc)
+  _REGISTRY[name] = Entry(name, default_config, build, doc, forward_mode)
 
 
 def get(name: str) -> Entry:

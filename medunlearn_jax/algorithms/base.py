@@ -19,8 +19,9 @@ and is a plain value:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Mapping, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -39,11 +40,15 @@ class Problem:
     init_fn: `init_fn(rng) -> params`, a fresh initialisation (for retraining, random teachers, EU-k).
     num_classes: number of output units.
     multilabel: sigmoid/BCE task instead of softmax/CE.
+    stock_layers: a context in which `apply_fn` traces with stock Flax layers (`models.stock_layers` for a
+      model built with native kernels). The engine counts FLOPs on programs traced there, so costs do not
+      depend on which kernels ran (XLA's cost analysis cannot see into custom calls).
   """
   apply_fn: Callable[[PyTree, jax.Array, bool], jax.Array]
   init_fn: Callable[[jax.Array], PyTree]
   num_classes: int
   multilabel: bool = False
+  stock_layers: Callable[[], ContextManager[Any]] = contextlib.nullcontext
 
 
 class LossFn(Protocol):

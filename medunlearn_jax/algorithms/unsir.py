@@ -76,7 +76,7 @@ def learn_noise(problem: base.Problem, hp: ml_collections.ConfigDict, params: Py
   options = engine.RunOptions(seed=env.seed, batch_size=env.batch_size, log_every_steps=quiet,
                               checkpoint_every_steps=quiet)
   noise, _ = engine.run(noise_algorithm(problem, hp), {}, init, {_MODEL: params, NOISE_LABELS: labels},
-                        mesh=env.mesh, options=options)
+                        mesh=env.mesh, options=options, stock_layers=problem.stock_layers)
   return noise, labels
 
 

@@ -1,19 +1,25 @@
-"""Model registry: `make_model(name, num_classes, **kwargs)` returns a Flax Linen module.
+"""Model registry: `make_model(name, num_classes, kernels=..., **kwargs)` returns a Flax Linen module.
 
 Every model maps uint8-normalised float images (B, H, W, C) to logits (B, num_classes); parameters are an
 explicit pytree with top-level entries in forward order (used by algorithms that address the last k blocks).
+`kernels` chooses stock Flax layers ('xla', the default) or the CPU kernels ('native'); a run resolves
+`config.model.kernels` ('auto' | 'xla' | 'native') once with `resolve_kernels` (see `models.layers`).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from medunlearn_jax import errors
 from medunlearn_jax.models import cnn
+from medunlearn_jax.models import layers
 from medunlearn_jax.models import resnet
+
+stock_layers = layers.stock_layers
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     'small_cnn': cnn.SmallCNN,
@@ -25,11 +31,26 @@ def names() -> list[str]:
   return sorted(_MODELS)
 
 
-def make_model(name: str, num_classes: int, *, dtype: str = 'float32', **kwargs: Any) -> nn.Module:
-  """Builds a registered model; `dtype` is the compute dtype (parameters stay float32)."""
+# Models whose native layers measured faster than their stock ones on single-device CPU, float32
+# (benchmarks/PERF_NOTES.md); `kernels='auto'` picks 'native' for these only.
+_NATIVE_FASTER = {'resnet18'}
+
+
+def make_model(name: str, num_classes: int, *, dtype: str = 'float32', kernels: str = 'xla',
+               **kwargs: Any) -> nn.Module:
+  """Builds a registered model; `dtype` is the compute dtype (parameters stay float32), `kernels` its layers
+  ('xla' or 'native', as resolved by `resolve_kernels`)."""
   if name not in _MODELS:
     raise errors.ConfigError(f'unknown model {name!r}; choose one of {names()}')
-  return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **kwargs)
+  return _MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), kernels=kernels, **kwargs)
+
+
+def resolve_kernels(name: str, requested: str, *, dtype: str = 'float32', forward_mode: Sequence[str] = (),
+                    devices: Sequence[jax.Device] | None = None) -> str:
+  """The layers ('xla' or 'native') a run of model `name` uses for `config.model.kernels=requested`;
+  `forward_mode` names the run's algorithms that need forward-mode AD (`layers.resolve`)."""
+  return layers.resolve(requested, dtype=dtype, native_faster=name in _NATIVE_FASTER,
+                        forward_mode=forward_mode, devices=devices)
 
 
 def _block_key(name: str) -> tuple[int, int, int]:
