@@ -51,6 +51,9 @@ flags.DEFINE_integer('batch', 128, 'Global batch size.')
 flags.DEFINE_string('model', 'resnet18', 'Model name.')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype (parameters stay float32).')
 flags.DEFINE_list('kernels', ['auto', 'xla'], "Model layers to measure: auto | xla | native (models.layers).")
+flags.DEFINE_enum('stem', 'auto', ['auto', 'cifar', 'model'], "ResNet stem: 'cifar' (3x3 stride 1 at every size, "
+                  "the PyTorch reference's architecture), 'model' (ImageNet stem from 128 px, as runs use it); "
+                  "'auto': cifar when comparing with PyTorch, else model.")
 flags.DEFINE_enum('xla', 'tuned', ['tuned', 'default'], 'tuned: medunlearn_jax.xla options; default: none.')
 flags.DEFINE_integer('classes', 2, 'Number of classes.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per run (median reported).')
@@ -87,13 +90,18 @@ def channels_for(size: int) -> int:
   return 1 if size == 28 else 3
 
 
+def stem() -> str:
+  return FLAGS.stem if FLAGS.stem != 'auto' else ('cifar' if FLAGS.torch_python else 'model')
+
+
 def resolved(kernels: str) -> str:
   return models.resolve_kernels(FLAGS.model, kernels, dtype=FLAGS.dtype)
 
 
 def make_problem(size: int, ch: int, kernels: str) -> base.Problem:
   kernels = resolved(kernels)
-  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype, kernels=kernels)
+  extra = {'imagenet_stem': False} if FLAGS.model == 'resnet18' and stem() == 'cifar' else {}
+  model = models.make_model(FLAGS.model, FLAGS.classes, dtype=FLAGS.dtype, kernels=kernels, **extra)
   return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
                       init_fn=lambda rng: model.init(rng, jnp.zeros((1, size, size, ch)))['params'],
                       num_classes=FLAGS.classes, stock_layers=models.stock_layers)
@@ -122,7 +130,7 @@ def make_case(mode: str, size: int, mesh, kernels: str):
     lowered = predict.lower(params, batch)
     compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
     compile_s = time.perf_counter() - t0
-    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch), problem.stock_layers)
+    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch), problem.stock_layers, compiled)
     return compiled, (params, batch), FLAGS.batch, compile_s, False, flops
 
   def loss(p, batches, context, key):
@@ -143,7 +151,7 @@ def make_case(mode: str, size: int, mesh, kernels: str):
   lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
   compiled = _compile(lowered, 'train')
   compile_s = time.perf_counter() - t0
-  flops = engine.program_flops(lowered, step, (state, batch, key), problem.stock_layers)
+  flops = engine.program_flops(lowered, step, (state, batch, key), problem.stock_layers, compiled)
   return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, flops
 
 
@@ -171,7 +179,8 @@ def time_jax(mode: str, size: int, mesh, kernels: str) -> dict:
   platform = jax.devices()[0].platform
   peak = FLAGS.peak_tflops or matmul_tflops(FLAGS.dtype)
   datasheet = _DATASHEET_TFLOPS.get((platform, FLAGS.dtype))
-  out = {'framework': 'jax', 'kernels': f'{kernels}={resolved(kernels)}', 'mode': mode, 'size': size,
+  out = {'framework': 'jax', 'kernels': f'{kernels}={resolved(kernels)}', 'stem': stem(), 'batch': FLAGS.batch,
+         'mode': mode, 'size': size,
          'compile_s': round(compile_s, 2),
          'median_step_s': round(med, 4), 'images_per_s': round(images / med, 1),
          'gflop_per_step': round(flops / 1e9, 1),
@@ -237,7 +246,9 @@ def time_torch(mode: str, size: int) -> dict | None:
          str(channels_for(size)), '--batch', str(FLAGS.batch), '--classes', str(FLAGS.classes), '--steps',
          str(FLAGS.steps), '--warmup', str(FLAGS.warmup), '--threads', str(os.cpu_count()), '--device', device,
          '--dtype', FLAGS.dtype]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  if out.returncode != 0:  # E.g. out of memory: recorded, and the JAX figures still count.
+    return {'error': (out.stderr.strip().splitlines() or ['?'])[-1][:300]}
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -245,12 +256,14 @@ def measure(mode: str, size: int, mesh) -> list[dict]:
   """One summary per `--kernels` value: medians over `--repeats` runs, each paired with the PyTorch run of
   the same repeat (the frameworks alternate so that machine drift hits both alike)."""
   runs = {k: [] for k in FLAGS.kernels}
-  torch_ips = []
+  torch_ips, torch_error = [], None
   for _ in range(FLAGS.repeats):
     for kernels in FLAGS.kernels:
       runs[kernels].append(time_jax(mode, size, mesh, kernels))
     torch_run = time_torch(mode, size)
-    if torch_run:
+    if torch_run and 'error' in torch_run:
+      torch_error = torch_run['error']
+    elif torch_run:
       torch_ips.append(torch_run['images_per_s'])
   out = []
   for kernels, jax_runs in runs.items():
@@ -261,6 +274,8 @@ def measure(mode: str, size: int, mesh) -> list[dict]:
       summary['torch_runs'] = torch_ips
       summary['jax_over_torch'] = round(statistics.median(a / b for a, b in zip(ips, torch_ips)), 3)
       summary['paired_runs'] = len(torch_ips)
+    if torch_error:
+      summary['torch_error'] = torch_error
     out.append(summary)
   return out
 

@@ -266,25 +266,31 @@ def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_
 
 
 def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[Any] = (),
-                  stock_layers: Callable[[], ContextManager[Any]] | None = None) -> float:
+                  stock_layers: Callable[[], ContextManager[Any]] | None = None, compiled=None) -> float:
   """XLA's FLOP estimate of a lowered program, counted on the HLO before backend optimisation (so that
   convolutions handed to library custom calls such as oneDNN are still counted).
 
   With `stock_layers` (a model's `Problem.stock_layers`), the unjitted `fn` is traced again on `args` inside
   that context and the stock-layer program is counted instead, so FLOP costs do not depend on which kernels
   computed the step (custom calls are invisible to the estimate, and custom VJPs count other operations).
+  Backends without an estimate of the lowered program (XLA:GPU in jax 0.11) fall back to `compiled`'s.
   """
   if fn is not None and stock_layers not in (None, contextlib.nullcontext):
     with stock_layers():
       # A fresh function object: jit would otherwise reuse its cached trace of `fn` (with the kernels).
       lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
-  try:
-    analysis = lowered.cost_analysis()
+  flops = 0.0
+  for program in (lowered, compiled):
+    try:
+      analysis = program.cost_analysis() if program is not None else None
+    except Exception:  # pylint: disable=broad-except  # Not every backend implements cost analysis.
+      analysis = None
     if isinstance(analysis, (list, tuple)):
       analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get('flops', 0.0))
-  except Exception:  # pylint: disable=broad-except  # Not every backend implements cost analysis.
-    return 0.0
+    flops = float((analysis or {}).get('flops', 0.0))
+    if flops > 0:
+      break
+  return flops
 
 
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
@@ -374,7 +380,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
-      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec), stock_layers))
+      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec), stock_layers, program))
     meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
     rng = step_rng(t)
     state, metrics = compiled[key][0](state, batch, rng)

@@ -18,7 +18,7 @@ def test_gpu_check_cpu_dry_run(tmp_path, shared_data):
   assert job['rc'] == 0 and set(job['models']) == {'original', 'retrain', 'finetune'}
   assert job['config']['model'] == 'resnet18' and job['config']['kernels'] in ('xla', 'native')
   for dtype in ('float32', 'bfloat16'):
-    cases = [r for r in report['throughput'][dtype]['lines'] if 'mode' in r]
+    cases = [r for r in report['throughput'][f'{dtype}_28']['lines'] if 'mode' in r]
     assert {r['mode'] for r in cases} == {'train', 'eval', 'twopass'}
     assert all(r['images_per_s'] > 0 and r['kernels'] == 'xla=xla' and r['mfu'] > 0 for r in cases)
   assert report['population']['rc'] == 0 and report['population']['lines'][0]['k'] == 2
