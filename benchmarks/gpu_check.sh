@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (benchmarks/gpu_check.py): the main job with ResNet-18, step throughput vs PyTorch at
-# 64/224 px in float32/bfloat16 with MFU, and a K=16 population, in about 8 minutes on one H200.
+# 64/224 px in float32/bfloat16 with MFU, and a K=16 population, in 8-10 minutes on one H200.
 #
 #   bash benchmarks/gpu_check.sh [--cpu] [--parts=main_job,throughput,population]   (or: make gpu-check)
 #

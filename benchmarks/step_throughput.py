@@ -130,7 +130,7 @@ def make_case(mode: str, size: int, mesh, kernels: str):
     lowered = predict.lower(params, batch)
     compiled = lowered.compile() if FLAGS.xla == 'default' else _compile(lowered, 'eval')
     compile_s = time.perf_counter() - t0
-    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch), problem.stock_layers, compiled)
+    flops = engine.program_flops(lowered, predict.__wrapped__, (params, batch), problem.stock_layers)
     return compiled, (params, batch), FLAGS.batch, compile_s, False, flops
 
   def loss(p, batches, context, key):
@@ -151,7 +151,7 @@ def make_case(mode: str, size: int, mesh, kernels: str):
   lowered = jax.jit(step, donate_argnums=0).lower(state, batch, key)
   compiled = _compile(lowered, 'train')
   compile_s = time.perf_counter() - t0
-  flops = engine.program_flops(lowered, step, (state, batch, key), problem.stock_layers, compiled)
+  flops = engine.program_flops(lowered, step, (state, batch, key), problem.stock_layers)
   return compiled, [state, batch, key], FLAGS.batch * len(streams), compile_s, True, flops
 
 

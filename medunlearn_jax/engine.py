@@ -265,32 +265,47 @@ def plan_batches(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], n_
     yield t, phase_index, host, examples
 
 
+def _estimate(lowered) -> float:
+  try:
+    analysis = lowered.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements cost analysis.
+    return 0.0
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
+
+
 def program_flops(lowered, fn: Callable[..., Any] | None = None, args: Sequence[Any] = (),
-                  stock_layers: Callable[[], ContextManager[Any]] | None = None, compiled=None) -> float:
+                  stock_layers: Callable[[], ContextManager[Any]] | None = None) -> float:
   """XLA's FLOP estimate of a lowered program, counted on the HLO before backend optimisation (so that
-  convolutions handed to library custom calls such as oneDNN are still counted).
+  convolutions handed to library custom calls such as oneDNN or cuDNN are still counted).
 
   With `stock_layers` (a model's `Problem.stock_layers`), the unjitted `fn` is traced again on `args` inside
   that context and the stock-layer program is counted instead, so FLOP costs do not depend on which kernels
   computed the step (custom calls are invisible to the estimate, and custom VJPs count other operations).
-  Backends without an estimate of the lowered program (XLA:GPU in jax 0.11) fall back to `compiled`'s.
+  Where the backend gives no estimate of a lowered program (XLA:GPU in jax 0.11; its compiled estimate
+  misses the cuDNN convolutions), the same `fn` is lowered for CPU and counted there.
   """
-  if fn is not None and stock_layers not in (None, contextlib.nullcontext):
-    with stock_layers():
+  stock = stock_layers if stock_layers not in (None, contextlib.nullcontext) else contextlib.nullcontext
+  if fn is not None and stock is not contextlib.nullcontext:
+    with stock():
       # A fresh function object: jit would otherwise reuse its cached trace of `fn` (with the kernels).
       lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
-  flops = 0.0
-  for program in (lowered, compiled):
-    try:
-      analysis = program.cost_analysis() if program is not None else None
-    except Exception:  # pylint: disable=broad-except  # Not every backend implements cost analysis.
-      analysis = None
-    if isinstance(analysis, (list, tuple)):
-      analysis = analysis[0] if analysis else {}
-    flops = float((analysis or {}).get('flops', 0.0))
-    if flops > 0:
-      break
+  flops = _estimate(lowered)
+  if flops == 0.0 and fn is not None:
+    flops = cpu_flops(fn, args, stock)
   return flops
+
+
+def cpu_flops(fn: Callable[..., Any], args: Sequence[Any],
+              stock_layers: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> float:
+  """XLA's FLOP estimate of `fn(*args)` lowered for CPU (shapes only; any backend can do this)."""
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tuple(args))
+  try:
+    with stock_layers():
+      return _estimate(jax.jit(lambda *a: fn(*a)).trace(*abstract).lower(lowering_platforms=('cpu',)))
+  except Exception:  # pylint: disable=broad-except
+    return 0.0
 
 
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
@@ -380,7 +395,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       dt = time.perf_counter() - t0
       cost.compile_seconds += dt
       loop_start += dt  # Compilation is reported separately, not as step time.
-      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec), stock_layers, program))
+      compiled[key] = (program, program_flops(lowered, step_fn, (state, batch, rng_spec), stock_layers))
     meta.setdefault('flops_per_step', {})[phase.name] = compiled[key][1]
     rng = step_rng(t)
     state, metrics = compiled[key][0](state, batch, rng)

@@ -124,8 +124,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
       compiled[phase_index] = xla.compile(lowered, 'train')
       cost.compile_seconds += time.perf_counter() - t0
       loop_start += time.perf_counter() - t0
-      flops[phase_index] = engine.program_flops(lowered, vstep, (state, batch, rngs), stock_layers,
-                                                  compiled[phase_index])
+      flops[phase_index] = engine.program_flops(lowered, vstep, (state, batch, rngs), stock_layers)
     state, metrics = compiled[phase_index](state, batch, rngs)
     cost.steps += 1
     cost.examples += examples

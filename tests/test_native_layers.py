@@ -226,3 +226,5 @@ def test_flops_are_counted_on_the_stock_program():
                                  models.stock_layers)
   assert counted == stock > 0
   assert engine.program_flops(jax.jit(grad(model_native)).lower(params)) != stock
+  # Backends without an estimate of the lowered program (XLA:GPU) count the program lowered for CPU.
+  assert engine.cpu_flops(grad(model_native), (params,), models.stock_layers) == stock
