@@ -25,6 +25,7 @@ import numpy as np
 
 from medunlearn_jax import algorithms
 from medunlearn_jax import engine
+from medunlearn_jax import models
 from medunlearn_jax import pipeline
 from medunlearn_jax.data import dataset as ds_lib
 
@@ -32,6 +33,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('algorithms', [], 'Algorithms to time (default: every registered one).')
 flags.DEFINE_string('model', 'small_cnn', 'small_cnn | resnet18.')
 flags.DEFINE_string('dtype', 'float32', 'Compute dtype.')
+flags.DEFINE_enum('kernels', 'auto', ['auto', 'xla', 'native'], 'Model layers (models.layers), as config.model.kernels.')
 flags.DEFINE_integer('size', 28, 'Image size (px); 28 px is grey, larger sizes are colour.')
 flags.DEFINE_integer('batch', 128, 'Global batch size.')
 flags.DEFINE_integer('classes', 2, 'Number of classes.')
@@ -84,12 +86,13 @@ def main(argv):
   channels = 1 if FLAGS.size == 28 else 3
   info = ds_lib.DatasetInfo('random', FLAGS.classes, (FLAGS.size, FLAGS.size, channels), 'binary')
   config = ml_collections.ConfigDict({'model': {'name': FLAGS.model, 'dtype': FLAGS.dtype, 'kwargs': {}}})
-  problem = pipeline.make_problem(config, info)
+  kernels = models.resolve_kernels(FLAGS.model, FLAGS.kernels, dtype=FLAGS.dtype)
+  problem = pipeline.make_problem(config, info, kernels)
   params = jax.jit(problem.init_fn, out_shardings=engine.replicated(mesh))(jax.random.key(0))
   splits = random_splits(FLAGS.size, channels)
   sizes = {k: len(v) for k, v in splits.items()}
   print(f'# {jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, model '
-        f'{FLAGS.model}, {FLAGS.size} px, batch {FLAGS.batch}, {FLAGS.steps} steps/phase, '
+        f'{FLAGS.model} ({kernels} layers), {FLAGS.size} px, batch {FLAGS.batch}, {FLAGS.steps} steps/phase, '
         f'{os.cpu_count()} CPU threads', flush=True)
 
   erm_hp = algorithms.get('erm').default_config()

@@ -75,6 +75,8 @@ def _run(name: str, cmd: list[str], limit: float, env: dict | None = None) -> di
       except json.JSONDecodeError:
         pass
   seconds = round(time.perf_counter() - t0, 1)
+  for line in lines:  # Also in the log, so that figures survive a check killed before it writes its files.
+    print('  ' + json.dumps(line), flush=True)
   print(f'[{time.strftime("%H:%M:%S")}] {name}: rc={rc} in {seconds}s, {len(lines)} result line(s)', flush=True)
   if rc != 0:
     print('\n'.join((stderr or stdout).splitlines()[-15:]), flush=True)
@@ -126,7 +128,7 @@ def main_job(work: pathlib.Path, data_dir: str) -> dict:
 _CASES = ((64, 128), (224, 64))
 
 
-def throughput(torch_python: str, torch_script: str) -> dict:
+def throughput(torch_python: str, torch_script: str, save) -> dict:
   out = {}
   for dtype in ('float32', 'bfloat16'):
     for size, batch in ((28, 8),) if FLAGS.cpu else _CASES:
@@ -138,6 +140,7 @@ def throughput(torch_python: str, torch_script: str) -> dict:
         cmd += [f'--torch_python={torch_python}', f'--torch_script={torch_script}']
       limit = 200 if FLAGS.cpu else _LIMITS[f'throughput_{size}']
       out[f'{dtype}_{size}'] = _run(f'throughput_{dtype}_{size}px', cmd, limit)
+      save(out)
   return out
 
 
@@ -218,7 +221,9 @@ def main(argv):
     report['environment'] = environment()
   torch_python = FLAGS.torch_python or (sys.executable if report.get('environment', {}).get('torch') else '')
 
-  def save():
+  def save(throughput_so_far=None):
+    if throughput_so_far is not None:
+      report['throughput'] = throughput_so_far
     report['seconds'] = round(time.perf_counter() - t0, 1)
     (out / 'gpu_check.json').write_text(json.dumps(report, indent=1, default=str))
     (out / 'gpu_check.md').write_text(markdown(report))
@@ -227,7 +232,7 @@ def main(argv):
     report['main_job'] = main_job(work, data_dir) if data_dir else {'rc': 'no data dir', 'seconds': 0}
     save()
   if 'throughput' in FLAGS.parts:
-    report['throughput'] = throughput(torch_python, torch_script)
+    report['throughput'] = throughput(torch_python, torch_script, save)
     save()
   if 'population' in FLAGS.parts:
     report['population'] = population()

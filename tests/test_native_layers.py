@@ -228,3 +228,16 @@ def test_flops_are_counted_on_the_stock_program():
   assert engine.program_flops(jax.jit(grad(model_native)).lower(params)) != stock
   # Backends without an estimate of the lowered program (XLA:GPU) count the program lowered for CPU.
   assert engine.cpu_flops(grad(model_native), (params,), models.stock_layers) == stock
+
+
+def test_a_run_with_a_forward_mode_algorithm_builds_stock_layers(monkeypatch):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from experiments.configs import default  # pylint: disable=import-outside-toplevel
+  from medunlearn_jax import algorithms, pipeline  # pylint: disable=import-outside-toplevel
+  entry = dataclasses.replace(algorithms.get('finetune'), forward_mode=True)
+  monkeypatch.setitem(algorithms._REGISTRY, 'finetune', entry)  # pylint: disable=protected-access
+  config = default.get_config()
+  assert pipeline.model_kernels(config) == 'xla'
+  config.model.kernels = 'native'
+  with pytest.raises(errors.ConfigError, match='cannot serve finetune, which needs forward-mode AD'):
+    pipeline.model_kernels(config)

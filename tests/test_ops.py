@@ -1,5 +1,9 @@
 """Custom-VJP convolution and GroupNorm match `jax.grad` of the plain implementations (float32), and the
 XLA:CPU backend options change speed, not numbers."""
+import ctypes
+import hashlib
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,3 +264,36 @@ def test_native_group_norm_matches_float64(shape, groups, monkeypatch):
 def test_group_norm_rejects_bad_groups():
   with pytest.raises(ValueError, match='does not divide'):
     norm_lib.GroupNorm(num_groups=5).init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))
+
+
+def test_native_library_cache_loads_only_what_it_built(tmp_path, monkeypatch):
+  """A cached library whose bytes no longer match the hash recorded at build time is rebuilt, not loaded;
+  only libraries this project built (with a recorded hash) are deleted. (A one-function source stands in for
+  the kernels so that each build takes a second.)"""
+  if shutil.which('g++') is None:
+    pytest.skip('no C++ compiler')
+  source = tmp_path / 'tiny.cc'
+  source.write_text('extern "C" int medunlearn_tiny() { return 7; }\n')
+  monkeypatch.setattr(native, '_SOURCES', (source,))
+  monkeypatch.setattr(native, '_HEADERS', ())
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  ours_old = cache / 'libmedunlearn_native_0000.so'
+  ours_old.write_bytes(b'old build')
+  ours_old.with_suffix('.so.sha256').write_text(hashlib.sha256(b'old build').hexdigest())
+  foreign = cache / 'libmedunlearn_native_someone_elses.so'
+  foreign.write_bytes(b'not ours')
+
+  built = native._build(cache)  # pylint: disable=protected-access
+  digest = built.with_suffix('.so.sha256')
+  assert digest.read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
+  assert not ours_old.exists() and foreign.exists()
+  before = built.stat().st_mtime_ns
+  assert native._build(cache) == built and built.stat().st_mtime_ns == before  # Cached: not rebuilt.  # pylint: disable=protected-access
+
+  good = built.read_bytes()
+  built.write_bytes(good + b'tampered')
+  assert native._build(cache) == built  # pylint: disable=protected-access
+  assert built.read_bytes() != good + b'tampered'
+  assert digest.read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
+  assert ctypes.cdll.LoadLibrary(str(built)).medunlearn_tiny() == 7

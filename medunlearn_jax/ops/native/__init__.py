@@ -6,7 +6,9 @@ convolution that skips padded taps, for small maps where XLA multiplies many zer
 forward and backward passes, whose reductions XLA:CPU runs 5-10x below memory speed (benchmarks/PERF_NOTES.md).
 The shared library is compiled with the system C++ compiler (`$CXX`, default `g++`) against the FFI headers
 that ship with jaxlib, into `$MEDUNLEARN_NATIVE_CACHE` (default `~/.cache/medunlearn_jax`), keyed by the
-source and jaxlib version; no binary is downloaded or committed. When there is no compiler, the CPU lacks
+sources, the compiler (path and version), the flags and the jaxlib version, with its sha256 recorded beside it:
+a cached library is loaded only if it still has that hash (else it is rebuilt), and only libraries this
+project built (those with a recorded hash) are ever deleted. No binary is downloaded or committed. When there is no compiler, the CPU lacks
 AVX-512, or `MEDUNLEARN_NATIVE=0` is set, `available()` is False and callers keep XLA's convolution.
 """
 from __future__ import annotations
@@ -58,25 +60,51 @@ def _cpu_has_avx512() -> bool:
   return ' avx512f ' in flags.replace('\n', ' ') + ' '
 
 
-def _build(cache: pathlib.Path) -> pathlib.Path:
-  source = b''.join(f.read_bytes() for f in _SOURCES + _HEADERS)
-  key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-  out = cache / f'libmedunlearn_native_{key}.so'
-  if out.exists():
-    return out
-  compiler = os.environ.get('CXX', 'g++')
-  if shutil.which(compiler) is None:
+_FLAGS = ('-O3', '-march=x86-64-v4', '-std=c++17', '-shared', '-fPIC', '-w')
+_PREFIX = 'libmedunlearn_native_'
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compiler_identity(compiler: str) -> bytes:
+  """The compiler's path and version banner: a library built by another compiler is another library."""
+  path = shutil.which(compiler)
+  if path is None:
     raise FileNotFoundError(f'no C++ compiler {compiler!r}')
+  banner = subprocess.run([path, '--version'], capture_output=True, text=True, check=False).stdout
+  return f'{os.path.realpath(path)}\n{banner}'.encode()
+
+
+def _build(cache: pathlib.Path) -> pathlib.Path:
+  """The shared library for these sources, compiler, flags and jaxlib: loaded from the cache only when the
+  sha256 recorded beside it when this project built it still matches, else (re)built."""
+  compiler = os.environ.get('CXX', 'g++')
+  source = b''.join(f.read_bytes() for f in _SOURCES + _HEADERS)
+  key = hashlib.sha256(b'\0'.join([source, _compiler_identity(compiler), ' '.join(_FLAGS).encode(),
+                                    jaxlib.__version__.encode()])).hexdigest()[:16]
+  out = cache / f'{_PREFIX}{key}.so'
+  digest = out.with_suffix('.so.sha256')
+  if out.exists() and digest.exists() and digest.read_text().strip() == _sha256(out):
+    return out
+  if out.exists():
+    logging.warning('native kernel library %s does not match the hash recorded when it was built; rebuilding', out)
   include = pathlib.Path(jaxlib.__file__).parent / 'include'
   cache.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=cache) as tmp:
     # Built under a temporary name and renamed: concurrent processes never load a half-written library.
     partial = pathlib.Path(tmp) / out.name
-    subprocess.run([compiler, '-O3', '-march=x86-64-v4', '-std=c++17', '-shared', '-fPIC', '-w',
-                    f'-I{include}', *map(str, _SOURCES), '-o', str(partial)], check=True, capture_output=True, text=True)
+    subprocess.run([compiler, *_FLAGS, f'-I{include}', *map(str, _SOURCES), '-o', str(partial)], check=True,
+                   capture_output=True, text=True)
+    partial_digest = pathlib.Path(tmp) / digest.name
+    partial_digest.write_text(_sha256(partial) + '\n')
     os.replace(partial, out)
-  for stale in cache.glob('libmedunlearn_native_*.so'):
-    if stale != out:  # Builds of older sources (a process that loaded one keeps its mapping).
+    os.replace(partial_digest, digest)
+  for stale in cache.glob(f'{_PREFIX}*.so.sha256'):
+    library = stale.with_suffix('')
+    if library != out:  # Only what this project built (it wrote the hash); a process that loaded one keeps it.
+      library.unlink(missing_ok=True)
       stale.unlink(missing_ok=True)
   return out
 
