@@ -42,8 +42,8 @@ _local = threading.local()
 
 @contextlib.contextmanager
 def disabled():
-  """Programs traced within this context use XLA's convolution instead of the kernel, whatever mode asked
-  for it (used to count a program's FLOPs: XLA's cost analysis does not see inside custom calls)."""
+  """Programs traced within this context use XLA's convolution and GroupNorm instead of the kernels, whatever
+  mode asked for them (the `ops` layers' XLA versions, e.g. for tests that compare with XLA's own ops)."""
   before = getattr(_local, 'off', False)
   _local.off = True
   try:
