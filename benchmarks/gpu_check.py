@@ -1,7 +1,7 @@
 r"""The prepared GPU check: what this codebase does on one accelerator, in one command of 8-10 minutes.
 
   bash benchmarks/gpu_check.sh            # on a GPU machine (make gpu-check); results under $OUT
-  bash benchmarks/gpu_check.sh --cpu      # the same steps at toy sizes on a CPU (a test runs it)
+  bash benchmarks/gpu_check.sh --cpu      # the same steps at toy sizes, small CNN, on a CPU (a test runs it)
 
 Four parts, each a subprocess with its own time limit (a part that fails is recorded, the others still run):
 
@@ -104,7 +104,7 @@ def environment() -> dict:
 def main_job(work: pathlib.Path, data_dir: str) -> dict:
   workdir = work / 'main_job'
   cmd = [sys.executable, '-m', 'experiments.run', '--config=experiments/configs/default.py',
-         f'--workdir={workdir}', '--config.model.name=resnet18']
+         f'--workdir={workdir}', f'--config.model.name={_model()}']
   if FLAGS.cpu:  # BreastMNIST (780 images) for a few steps: the same code path in seconds.
     cmd += ['--config.dataset.name=breastmnist', '--config.train.epochs=0.2', '--config.algo.finetune.epochs=0.2',
             '--config.report=False']
@@ -135,6 +135,7 @@ def throughput(torch_python: str, torch_script: str, save) -> dict:
       # On a CPU (a dry run of the check) bfloat16 runs the train step only, to keep the test suite short.
       modes = 'train' if FLAGS.cpu and dtype == 'bfloat16' else 'train,eval,twopass'
       cmd = [sys.executable, 'benchmarks/step_throughput.py', '--kernels=xla', f'--dtype={dtype}', '--stem=cifar',
+             f'--model={_model()}',
              f'--modes={modes}', '--repeats=1', '--loader=false', '--eval_compiles=false',
              f'--sizes={size}', f'--batch={batch}']
       cmd += ['--steps=1', '--warmup=0'] if FLAGS.cpu else ['--steps=10', '--warmup=3']
@@ -152,6 +153,11 @@ def population() -> dict:
   return _run('population', cmd, 200 if FLAGS.cpu else _LIMITS['population'])
 
 
+def _model() -> str:
+  """ResNet-18 on a GPU; the small CNN in the CPU dry run (the same code paths, compiled in seconds)."""
+  return 'small_cnn' if FLAGS.cpu else 'resnet18'
+
+
 def _fmt(value, digits=1, scale=1.0) -> str:
   return '—' if value is None else f'{value * scale:.{digits}f}'
 
@@ -165,7 +171,7 @@ def markdown(report: dict) -> str:
   job = report.get('main_job')
   if job:
     config = job.get('config') or {}
-    lines += [f"## Main job: ResNet-18, {config.get('dataset')} {config.get('image_size')} px "
+    lines += [f"## Main job: {config.get('model')}, {config.get('dataset')} {config.get('image_size')} px "
               f"({config.get('kernels')} layers, {config.get('dtype')}, {config.get('platform')}), rc={job['rc']}, "
               f"{job['seconds']} s wall", '',
               '| model | retain acc | forget acc | test acc | test AUC | seconds | compile s | time / retrain |',
@@ -177,7 +183,7 @@ def markdown(report: dict) -> str:
     lines.append('')
   runs = report.get('throughput') or {}
   if runs:
-    lines += ['## ResNet-18 step throughput, JAX (stock Flax layers) vs PyTorch on the same device', '',
+    lines += [f'## {_model()} step throughput, JAX (stock Flax layers) vs PyTorch on the same device', '',
               'Same architecture in both (CIFAR stem: 3x3 stride-1 convolution at every size, GroupNorm), '
               'SGD + momentum, median of 10 steps after 3 warm-up steps; MFU from XLA\'s FLOP count of the step.',
               '',

@@ -16,11 +16,11 @@ def test_gpu_check_cpu_dry_run(tmp_path, shared_data):
   report = json.loads((tmp_path / 'out' / 'gpu_check.json').read_text())
   job = report['main_job']
   assert job['rc'] == 0 and set(job['models']) == {'original', 'retrain', 'finetune'}
-  assert job['config']['model'] == 'resnet18' and job['config']['kernels'] in ('xla', 'native')
+  assert job['config']['model'] == 'small_cnn' and job['config']['kernels'] in ('xla', 'native')
   for dtype, modes in (('float32', {'train', 'eval', 'twopass'}), ('bfloat16', {'train'})):
     cases = [r for r in report['throughput'][f'{dtype}_28']['lines'] if 'mode' in r]
     assert {r['mode'] for r in cases} == modes
     assert all(r['images_per_s'] > 0 and r['kernels'] == 'xla=xla' and r['mfu'] > 0 for r in cases)
   assert report['population']['rc'] == 0 and report['population']['lines'][0]['k'] == 2
   table = (tmp_path / 'out' / 'gpu_check.md').read_text()
-  assert '## Main job: ResNet-18' in table and '| 28 | twopass | float32 |' in table
+  assert '## Main job: small_cnn' in table and '| 28 | twopass | float32 |' in table
