@@ -331,7 +331,7 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     stock_layers: the model's `Problem.stock_layers`; FLOPs are counted on the step traced inside it.
 
   Returns:
-    The final parameters (replicated on the mesh) and the accumulated `Cost`.
+    The final parameters (replicated on the mesh, after `algorithm.finish`) and the accumulated `Cost`.
 
   Raises:
     NonFiniteLossError: a loss became NaN/inf; nothing is saved after the last finite step.
@@ -344,10 +344,15 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   sizes = {k: len(v) for k, v in data.items()}
   n_steps = phase_steps(algorithm, sizes, options.batch_size)
   total = sum(n_steps)
-  state = create_state(algorithm.tx, params, context, mesh)
+  txs = algorithm.optimizers()
+  phase_starts = np.concatenate([[0], np.cumsum(n_steps)]).astype(int)
+  resume_step = checkpoints.latest_step() if checkpoints is not None else None
+  # The optimizer state on disk belongs to the phase of the last step taken before it was saved.
+  state = create_state(_optimizer_at(txs, n_steps, max((resume_step or 0) - 1, 0), algorithm.tx),
+                       params, context, mesh)
   cost = Cost(seconds=prepare_seconds, prepare_seconds=prepare_seconds)
   meta = dict(meta or {})
-  if checkpoints is not None and checkpoints.latest_step() is not None:
+  if resume_step is not None:
     state, saved = checkpoints.restore(ckpt_lib.abstract_like(state))
     cost = Cost(**saved['cost'])
     logging.info('%s: resumed from step %d of %d', algorithm.name, int(state.step), total)
@@ -385,11 +390,14 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   loop_start = time.perf_counter()
   for t, phase_index, batch, examples in prefetch(batches_from(start), options.prefetch):
     phase = algorithm.phases[phase_index]
-    key = (phase.loss, phase.streams)
+    if phase.tx is not None and t == phase_starts[phase_index] and t > 0:
+      # A phase with its own optimizer starts from a fresh optimizer state (also when resumed right here).
+      state = state.replace(opt_state=jax.jit(phase.tx.init, out_shardings=rep)(state.params))
+    key = (phase.loss, phase.streams, txs[phase_index])
     if key not in compiled:
       t0 = time.perf_counter()
       rng_spec = jax.ShapeDtypeStruct(base_rng.shape, base_rng.dtype, sharding=rep)
-      step_fn = make_step(phase, algorithm.tx)
+      step_fn = make_step(phase, txs[phase_index])
       lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng_spec)
       program = xla.compile(lowered, 'train')
       dt = time.perf_counter() - t0
@@ -433,7 +441,24 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
   if total == 0 and start == 0:
     # A training-free algorithm (SSD) still records that its stage finished, with its prepare cost.
     save(0)
-  return state.params, cost
+  return finish_params(algorithm, state.params, mesh), cost
+
+
+def _optimizer_at(txs: Sequence[Any], n_steps: Sequence[int], step: int, default: Any) -> Any:
+  """The optimizer in force at global `step` (`Algorithm.optimizers` per phase)."""
+  if not txs:
+    return default
+  index = int(np.searchsorted(np.cumsum(n_steps), step, side='right'))
+  return txs[min(index, len(txs) - 1)]
+
+
+def finish_params(algorithm: base.Algorithm, params: PyTree, mesh: jax.sharding.Mesh,
+                  stacked: bool = False) -> PyTree:
+  """`algorithm.finish` applied to trained parameters (per model when `stacked`), replicated on `mesh`."""
+  if algorithm.finish is None:
+    return params
+  fn = jax.vmap(algorithm.finish) if stacked else algorithm.finish
+  return jax.jit(fn, out_shardings=replicated(mesh))(params)
 
 
 # ---------------------------------------------------------------------------------------------------------

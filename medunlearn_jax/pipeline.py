@@ -91,7 +91,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f'model.dtype must be float32 or bfloat16, got {config.model.dtype!r}')
   from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.family(config.dataset.name)
-  algorithm_names(config)
+  for name in algorithm_names(config):
+    check = algorithms.get(name).check
+    if check is not None:
+      check(config.algo[name], config.forget)
 
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,19 +157,14 @@ def model_kernels(config: ml_collections.ConfigDict) -> str:
 def make_problem(config: ml_collections.ConfigDict, info: ds_lib.DatasetInfo, kernels: str = 'xla'
                  ) -> base.Problem:
   """The model of a config built with `kernels` layers, wrapped as the `Problem` algorithms work on."""
-  model = models.make_model(config.model.name, info.num_classes, dtype=config.model.dtype, kernels=kernels,
-                            **config.model.get('kwargs', {}))
-  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
 
-  def apply_fn(params, images, train):
-    return model.apply({'params': params}, images, train=train)
+  def make_module(num_outputs):
+    return models.make_model(config.model.name, num_outputs, dtype=config.model.dtype, kernels=kernels,
+                             **config.model.get('kwargs', {}))
 
-  def init_fn(rng):
-    return model.init(rng, dummy)['params']
-
-  return base.Problem(apply_fn=apply_fn, init_fn=init_fn, num_classes=info.num_classes,
-                      multilabel=info.task == 'multi-label',
-                      stock_layers=models.stock_layers if kernels == 'native' else contextlib.nullcontext)
+  return base.flax_problem(make_module, info.num_classes, info.image_shape,
+                           multilabel=info.task == 'multi-label',
+                           stock_layers=models.stock_layers if kernels == 'native' else contextlib.nullcontext)
 
 
 def init_params(exp: Experiment) -> Any:
@@ -383,7 +381,7 @@ def load_finished_stage(exp: Experiment, stage: str, algorithm: base.Algorithm
   finally:
     checkpoints.close()
   logging.info('stage %s: finished earlier, loaded without re-running prepare', stage)
-  return params, engine.Cost(**saved['cost'])
+  return engine.finish_params(algorithm, params, exp.mesh), engine.Cost(**saved['cost'])
 
 
 def run_algorithm_stage(exp: Experiment, name: str, original_params: Any) -> tuple[Any, engine.Cost]:

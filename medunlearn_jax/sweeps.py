@@ -83,7 +83,9 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   engine.check_batch_size(options.batch_size, mesh)
   sizes = {name: len(split) for name, split in data.items()}
   n_steps = engine.phase_steps(algorithm, sizes, options.batch_size)
-  tx = optax.chain(optax.with_extra_args_support(algorithm.tx), scale_by_context())
+  txs = [optax.chain(optax.with_extra_args_support(t), scale_by_context()) for t in algorithm.optimizers()]
+  tx = txs[0] if txs else optax.chain(optax.with_extra_args_support(algorithm.tx), scale_by_context())
+  phase_starts = np.concatenate([[0], np.cumsum(n_steps)]).astype(int)
   rep = engine.replicated(mesh)
   seeds_arr = jnp.asarray(seeds, jnp.uint32)
 
@@ -117,9 +119,12 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   for t, phase_index, batch, examples in engine.prefetch(device_batches(), options.prefetch):
     phase = algorithm.phases[phase_index]
     rngs = step_rngs(t)
+    if phase.tx is not None and t == phase_starts[phase_index] and t > 0:
+      fresh = jax.jit(jax.vmap(txs[phase_index].init), out_shardings=rep)  # As `engine.run`: a fresh state.
+      state = state.replace(opt_state=fresh(state.params))
     if phase_index not in compiled:
       t0 = time.perf_counter()
-      vstep = _population_step(engine.make_step(phase, tx), k, vectorize)
+      vstep = _population_step(engine.make_step(phase, txs[phase_index]), k, vectorize)
       lowered = jax.jit(vstep, donate_argnums=0).lower(state, batch, rngs)
       compiled[phase_index] = xla.compile(lowered, 'train')
       cost.compile_seconds += time.perf_counter() - t0
@@ -138,7 +143,7 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
                    t + 1, total, float(losses.mean()))
   jax.block_until_ready(state)
   cost.seconds = time.perf_counter() - loop_start
-  return state.params, cost
+  return engine.finish_params(algorithm, state.params, mesh, stacked=True), cost
 
 
 def _population_step(step, k: int, vectorize: int | None):

@@ -15,6 +15,7 @@ import pytest
 
 from medunlearn_jax import algorithms
 from medunlearn_jax import engine
+from medunlearn_jax import errors
 from medunlearn_jax.algorithms import _losses
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.algorithms import neggrad_plus
@@ -36,7 +37,8 @@ def unlearned(name, **overrides):
 FORGETTING_CASES = {
     'neggrad': dict(lr=0.1, epochs=1.0),
     'neggrad_plus': dict(lr=0.1, epochs=1.0, alpha=0.8),
-    'random_label': dict(lr=0.02, epochs=2.0),
+    # The flip: the reference's draw (the default) cannot push a binary forget loss past chance, see below.
+    'random_label': dict(lr=0.02, epochs=2.0, label_draw='other_class'),
     'bad_teacher': dict(lr=3e-3, epochs=1.0),
     # Two max passes: the first starts with the student equal to the teacher, where KL has zero gradient.
     'scrub': dict(lr=0.1, epochs=2.0, msteps=2),
@@ -55,6 +57,14 @@ def test_forgets_the_forget_set_and_keeps_the_retain_set(name):
   assert forget_loss > forget_loss0 + 1.0, (forget_loss0, forget_loss)
   assert forget_acc <= 0.5, forget_acc
   assert retain_acc >= retain_acc0 - RETAIN_TOLERANCE, (retain_acc0, retain_acc, retain_loss0, retain_loss)
+
+
+def test_random_label_official_draw_drives_a_binary_forget_set_to_chance():
+  # Labels drawn among both classes: the target is a fair coin, so forget loss tends to log 2, not beyond.
+  params, _, _ = unlearned('random_label', lr=0.02, epochs=4.0)
+  forget_loss, forget_acc = task.loss_and_accuracy(params, 'forget')
+  assert forget_acc <= 0.5 and abs(forget_loss - np.log(2)) < 0.3, (forget_loss, forget_acc)
+  assert task.loss_and_accuracy(params, 'retain')[1] >= 1.0 - RETAIN_TOLERANCE
 
 
 def _kl_to_random_teacher(params, context):
@@ -159,15 +169,23 @@ def test_terms_share_one_forward_pass_per_stream():
   assert sorted(calls) == [False, True]  # One teacher pass and one student pass (KL and CE share it).
 
 
-def test_random_labels_are_always_another_class():
+def test_random_labels_official_draw_and_other_class_draw():
   labels = jnp.asarray(np.arange(4000) % 4)
-  new = _losses.random_labels(jax.random.key(0), labels, 4, multilabel=False)
+  new = _losses.random_labels(jax.random.key(0), labels, 4, multilabel=False, draw='other_class')
   assert not np.any(np.asarray(new) == np.asarray(labels))
   for c in range(4):  # Every other class is drawn about equally often.
     counts = np.bincount(np.asarray(new)[np.asarray(labels) == c], minlength=4)
     assert counts[c] == 0 and counts.min(initial=10**9, where=np.arange(4) != c) > 250
-  again = _losses.random_labels(jax.random.key(0), labels, 4, multilabel=False)
+  again = _losses.random_labels(jax.random.key(0), labels, 4, multilabel=False, draw='other_class')
   np.testing.assert_array_equal(np.asarray(new), np.asarray(again))
+  # The reference's randint(0, C): the default; on a binary task about half of the labels stay true.
+  binary = jnp.asarray(np.arange(4000) % 2)
+  kept = np.mean(np.asarray(_losses.random_labels(jax.random.key(0), binary, 2, False)) == np.asarray(binary))
+  assert 0.45 < kept < 0.55
+  assert algorithms.get('random_label').default_config().label_draw == 'official'
+  assert algorithms.get('salun').default_config().label_draw == 'official'
+  with pytest.raises(errors.ConfigError, match='label_draw'):
+    _losses.random_label_term('forget', draw='flip')
 
 
 def test_kl_divergence_is_zero_for_equal_outputs_and_matches_the_definition():

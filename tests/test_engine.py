@@ -1,7 +1,8 @@
 """The step engine: deterministic batches, 1 vs 8 devices, resume after a crash, NaN stop, padded eval."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -15,10 +16,8 @@ from conftest import synthetic_split
 
 
 def make_problem(classes=2):
-  model = models.make_model('small_cnn', classes, widths=(8, 16), groups=4)
-  return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
-                      init_fn=lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1)))['params'],
-                      num_classes=classes)
+  return base.flax_problem(lambda n: models.make_model('small_cnn', n, widths=(8, 16), groups=4), classes,
+                           (8, 8, 1))
 
 
 def erm(problem, n, lr=0.05, epochs=2.0, batch_size=16):
@@ -130,3 +129,41 @@ def test_predict_pads_the_last_batch_and_keeps_every_example():
 def test_batch_size_must_divide_devices():
   with pytest.raises(errors.ConfigError, match='divisible'):
     engine.check_batch_size(12, engine.make_mesh())
+
+
+def _two_optimizers(problem, n, phases=('a', 'b')):
+  """SGD with momentum for phase 'a', then a fresh Adam for phase 'b' (different optimizer states)."""
+  step = erm(problem, n, epochs=1.0).phases[0]
+  txs = {'a': base.make_optimizer('sgd', 0.05), 'b': base.make_optimizer('adam', 0.003)}
+  chosen = tuple(dataclasses.replace(step, name=p, tx=txs[p]) for p in phases)
+  return base.Algorithm(name='two', phases=chosen, tx=txs[phases[0]])
+
+
+def test_a_phase_with_its_own_optimizer_starts_fresh_and_resumes_at_the_boundary(tmp_path):
+  problem, split, mesh = make_problem(), synthetic_split(72), engine.make_mesh()
+  params = problem.init_fn(jax.random.key(0))
+  options = engine.RunOptions(seed=3, batch_size=16, log_every_steps=100, checkpoint_every_steps=5)
+  both, cost = engine.run(_two_optimizers(problem, 72), {'train': split}, params, {}, mesh=mesh, options=options)
+  assert cost.steps == 10
+  # The same as running phase 'a', then phase 'b' alone from its result with a new optimizer.
+  after_a, _ = engine.run(_two_optimizers(problem, 72, ('a',)), {'train': split}, params, {}, mesh=mesh,
+                          options=options)
+  separately, _ = engine.run(_two_optimizers(problem, 72, ('b',)), {'train': split}, after_a, {}, mesh=mesh,
+                             options=options)
+  for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(separately)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+  def crash_at_7(step):
+    if step == 7:
+      raise Crash()
+
+  ckpt = ckpt_lib.StageCheckpoints(tmp_path / 'ck')
+  with pytest.raises(Crash):
+    engine.run(_two_optimizers(problem, 72), {'train': split}, params, {}, mesh=mesh, options=options,
+               checkpoints=ckpt, on_step=crash_at_7)
+  assert ckpt.latest_step() == 5  # Saved with phase 'a''s SGD state, resumed into phase 'b''s Adam.
+  resumed, _ = engine.run(_two_optimizers(problem, 72), {'train': split}, params, {}, mesh=mesh,
+                          options=options, checkpoints=ckpt)
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(both), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

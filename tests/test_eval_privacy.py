@@ -65,7 +65,47 @@ def test_epsilon_vectorised_matches_per_example():
   np.testing.assert_allclose(batch, single)
   # More attacks can only raise ε.
   assert np.all(privacy.forget_epsilons(u, r, rules=('single',)) <= batch + 1e-12)
-  assert np.all(batch <= privacy.forget_epsilons(u, r, buffer=None) + 1e-12)
+  assert np.all(batch <= privacy.forget_epsilons(u, r, buffer=None, thresholds='continuous') + 1e-12)
+
+
+def _challenge_epsilon(u, r, delta=DELTA):
+  """The challenge's per-example ε written out directly: every grid threshold, rates as plain means."""
+  pos, neg = (r, u) if np.median(r) > np.median(u) else (u, r)
+  d_pos, d_neg = np.ptp(pos), np.ptp(neg)
+  if min(d_pos, d_neg) / max(d_pos, d_neg) < 0.01:
+    return privacy.EPSILON_CAP
+  rates = []
+  lo, hi = min(pos.min(), neg.min()), max(pos.max(), neg.max())
+  for t in np.linspace(lo, hi, int(np.ceil((hi - lo) * 100))):
+    rates.append((np.mean(neg >= t), np.mean(pos < t)))
+  p, n = (neg, pos) if d_pos >= d_neg else (pos, neg)
+  w = min(d_pos, d_neg)
+  for t_r in np.linspace(p.min() + w - 2, p.max() + 2, int(np.ceil((p.max() + 2 - (p.min() + w - 2)) * 100))):
+    for t_l in np.linspace(t_r - w - 2, t_r - w + 2, 400):
+      rates.append((np.mean((t_l <= n) & (n <= t_r)), np.mean(~((t_l <= p) & (p <= t_r)))))
+  best = -np.inf
+  for fpr, fnr in rates:
+    if fpr == 0 and fnr == 0:
+      return privacy.EPSILON_CAP
+    if fpr == 0 or fnr == 0:
+      continue
+    with np.errstate(invalid='ignore'):  # log(1 - δ - 1) is NaN, skipped as by the reference's nanmax.
+      best = max(best, np.nanmax([np.log(1 - delta - fpr) - np.log(fnr), np.log(1 - delta - fnr) - np.log(fpr)]),
+                 0.0)
+  return min(best, privacy.EPSILON_CAP) if best > -np.inf else 0.0
+
+
+def test_epsilon_grid_is_the_challenges_and_differs_from_every_cut():
+  # Only a cut inside [1.4, 1.404) separates these; the challenge's grid steps 4/399 and cannot place one.
+  u, r = np.array([1.0, 1.2, 1.4]), np.array([0.0, 0.6, 1.404])
+  assert privacy.per_example_epsilon(u, r) == pytest.approx(math.log(2 - 3 * DELTA))
+  assert privacy.per_example_epsilon(u, r, thresholds='continuous') == privacy.EPSILON_CAP
+  rng = np.random.default_rng(1)
+  for scale in (0.05, 0.1, 1.0):  # Narrow populations are where the two differ most.
+    u, r = rng.normal(0, scale, size=(6, 4)), rng.normal(scale, scale, size=(6, 4))
+    grid = privacy.forget_epsilons(u, r)
+    np.testing.assert_allclose(grid, [_challenge_epsilon(u[:, i], r[:, i]) for i in range(4)], rtol=1e-9)
+    assert np.all(grid <= privacy.forget_epsilons(u, r, thresholds='continuous') + 1e-12)
 
 
 def test_epsilon_score_buckets():

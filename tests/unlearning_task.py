@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from medunlearn_jax import algorithms
@@ -25,10 +24,8 @@ ORIGINAL_EPOCHS = 1.0  # Learns the forget pattern without saturating (ascent ne
 
 
 def make_problem(classes: int = 2) -> base.Problem:
-  model = models.make_model('small_cnn', classes, widths=(8, 16), groups=4)
-  return base.Problem(apply_fn=lambda p, x, train: model.apply({'params': p}, x, train=train),
-                      init_fn=lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1)))['params'],
-                      num_classes=classes)
+  return base.flax_problem(lambda n: models.make_model('small_cnn', n, widths=(8, 16), groups=4), classes,
+                           (8, 8, 1))
 
 
 def _concat(name: str, *splits: ds_lib.Split) -> ds_lib.Split:

@@ -29,6 +29,8 @@ class Entry:
   build: Builder
   doc: str = ''
   forward_mode: bool = False
+  # `check(hparams, forget_config)`: raises ConfigError, before any work, for a run it cannot serve.
+  check: Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], None] | None = None
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -37,11 +39,14 @@ _NOT_ALGORITHMS = ('base',)
 
 
 def register(name: str, default_config: Callable[[], ml_collections.ConfigDict], build: Builder,
-             doc: str = '', forward_mode: bool = False) -> None:
-  """Registers an algorithm; `forward_mode=True` when its losses or set-up use forward-mode AD."""
+             doc: str = '', forward_mode: bool = False,
+             check: Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], None] | None = None
+             ) -> None:
+  """Registers an algorithm; `forward_mode=True` when its losses or set-up use forward-mode AD; `check`
+  validates a run's hyper-parameters and forget-set config before any work (e.g. UNSIR needs classes)."""
   if name in _REGISTRY:
     raise ValueError(f'algorithm {name!r} registered twice')
-  _REGISTRY[name] = Entry(name, default_config, build, doc, forward_mode)
+  _REGISTRY[name] = Entry(name, default_config, build, doc, forward_mode, check)
 
 
 def get(name: str) -> Entry:

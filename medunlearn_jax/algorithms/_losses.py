@@ -26,6 +26,7 @@ import ml_collections
 import optax
 
 from medunlearn_jax import algorithms
+from medunlearn_jax import errors
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.algorithms import erm
 
@@ -116,24 +117,41 @@ def ce_term(stream: str, weight: float = 1.0) -> Term:
   return term
 
 
-def random_labels(rng: jax.Array, labels: jax.Array, num_classes: int, multilabel: bool) -> jax.Array:
-  """Labels drawn uniformly among the classes other than the true one (`label + U{1..C-1} mod C`).
+LABEL_DRAWS = ('official', 'other_class')
 
-  Multi-label targets have no "other class"; each label is redrawn as a fair coin instead.
+
+def check_label_draw(draw: str) -> None:
+  if draw not in LABEL_DRAWS:
+    raise errors.ConfigError(f'label_draw must be one of {LABEL_DRAWS}, got {draw!r}')
+
+
+def random_labels(rng: jax.Array, labels: jax.Array, num_classes: int, multilabel: bool,
+                  draw: str = 'official') -> jax.Array:
+  """Random labels for the forget set.
+
+  `draw='official'`: uniform over all C classes, the true one included (`randint(0, C)` in the reference
+  code of Graves et al. and SalUn), so on a binary task half the labels stay true. `'other_class'`: uniform
+  over the C − 1 other classes (`label + U{1..C-1} mod C`), a deterministic flip on a binary task and a
+  much stronger forgetting signal. Multi-label targets are redrawn as fair coins either way.
   """
+  check_label_draw(draw)
   if multilabel:
     return jax.random.bernoulli(rng, 0.5, labels.shape).astype(labels.dtype)
+  if draw == 'official':
+    return jax.random.randint(rng, labels.shape, 0, num_classes, dtype=labels.dtype)
   shift = jax.random.randint(rng, labels.shape, 1, max(num_classes, 2), dtype=labels.dtype)
   return (labels + shift) % num_classes
 
 
-def random_label_term(stream: str, weight: float = 1.0) -> Term:
-  """`weight · CE(stream, random other labels)`, relabelled afresh at every step from the step's rng."""
+def random_label_term(stream: str, weight: float = 1.0, draw: str = 'official') -> Term:
+  """`weight · CE(stream, random labels)`, relabelled afresh at every step from the step's rng
+  (`random_labels` describes `draw`)."""
+  check_label_draw(draw)
 
   def term(out: Outputs):
     batch = out.batches[stream]
     rng = jax.random.fold_in(out.rng, zlib.crc32(stream.encode()))
-    labels = random_labels(rng, batch['label'], out.problem.num_classes, out.problem.multilabel)
+    labels = random_labels(rng, batch['label'], out.problem.num_classes, out.problem.multilabel, draw)
     ce = out.mean(stream, base.per_example_loss(out.logits(stream), labels, out.problem.multilabel))
     true_acc = out.mean(stream, base.correct(out.logits(stream), batch['label'], out.problem.multilabel))
     return weight * ce, {f'{stream}_random_ce': ce, f'{stream}_acc': true_acc}

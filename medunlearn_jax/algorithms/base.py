@@ -11,7 +11,8 @@ and is a plain value:
 * `phases`: the data plan, a sequence of `Phase`s, each a loss over named batches (`'retain'`, `'forget'`,
   `'train'`...) run for a number of epochs of its first ("driver") stream;
 * `tx`: an `optax.GradientTransformationExtraArgs`; the engine calls `tx.update(grads, opt_state, params,
-  context=context)` so a transformation may read the context (e.g. a saliency mask);
+  context=context)` so a transformation may read the context (e.g. a saliency mask). A phase may bring its
+  own optimizer (`Phase.tx`), which starts from a fresh state;
 * `prepare(params, data, rng, env) -> (params, context)`: optional set-up run once before training (e.g.
   a saliency mask or Fisher importances, re-initialised blocks). `env` (an `engine.Env`) gives the mesh,
   batch size and `env.reduce(fn, params, split)`, a data-parallel sum of `fn(params, batch)` over a split,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, ContextManager, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,12 +44,35 @@ class Problem:
     stock_layers: a context in which `apply_fn` traces with stock Flax layers (`models.stock_layers` for a
       model built with native kernels). The engine counts FLOPs on programs traced there, so costs do not
       depend on which kernels ran (XLA's cost analysis cannot see into custom calls).
+    with_outputs: `with_outputs(n)` is the same model with `n` output units (only the head's shapes
+      differ), for methods that widen the head (Boundary Expanding); None when the model cannot.
   """
   apply_fn: Callable[[PyTree, jax.Array, bool], jax.Array]
   init_fn: Callable[[jax.Array], PyTree]
   num_classes: int
   multilabel: bool = False
   stock_layers: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+  with_outputs: Callable[[int], 'Problem'] | None = None
+
+
+def flax_problem(make_module: Callable[[int], Any], num_classes: int, image_shape: Sequence[int], *,
+                 multilabel: bool = False,
+                 stock_layers: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> Problem:
+  """The `Problem` of a Flax module `make_module(num_outputs)` taking images of `image_shape` (H, W, C)."""
+  module = make_module(num_classes)
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+
+  def apply_fn(params, images, train):
+    return module.apply({'params': params}, images, train=train)
+
+  def init_fn(rng):
+    return module.init(rng, dummy)['params']
+
+  def with_outputs(n):
+    return flax_problem(make_module, n, image_shape, multilabel=multilabel, stock_layers=stock_layers)
+
+  return Problem(apply_fn=apply_fn, init_fn=init_fn, num_classes=num_classes, multilabel=multilabel,
+                 stock_layers=stock_layers, with_outputs=with_outputs)
 
 
 class LossFn(Protocol):
@@ -69,12 +93,16 @@ class Phase:
     epochs: passes over the driver stream (fractional allowed); `steps` overrides it when set.
     steps: an exact number of steps (e.g. SCRUB's max-steps), or None.
     name: shown in logs and checkpoints.
+    tx: an optimizer of this phase's own, started with a fresh state when the phase begins (as code that
+      builds a new optimizer per phase does, e.g. UNSIR's impair and repair); later phases without one
+      continue it. None: continue the optimizer in force (the algorithm's `tx` from the first phase on).
   """
   loss: LossFn
   streams: tuple[str, ...]
   epochs: float = 1.0
   steps: int | None = None
   name: str = 'main'
+  tx: optax.GradientTransformationExtraArgs | None = None
 
 
 def no_prepare(params: PyTree, data: Any, rng: jax.Array, env: Any) -> tuple[PyTree, PyTree]:
@@ -92,6 +120,20 @@ class Algorithm:
   prepare: Callable[[PyTree, Any, jax.Array, Any], tuple[PyTree, PyTree]] = no_prepare
   from_scratch: bool = False  # True for `retrain`/`original`: ignore the original model's parameters.
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Maps the trained parameters to the model's (e.g. prunes a widened head); traceable, applied per model.
+  finish: Callable[[PyTree], PyTree] | None = None
+
+  def optimizers(self) -> list[optax.GradientTransformationExtraArgs]:
+    """The optimizer in force during each phase (a phase's own `tx`, else the one before it)."""
+    current, out = self.tx, []
+    for phase in self.phases:
+      current = phase.tx if phase.tx is not None else current
+      out.append(current)
+    return out
+
+  def finished(self, params: PyTree) -> PyTree:
+    """The parameters the run hands on: `finish(params)`, or `params` when there is nothing to finish."""
+    return params if self.finish is None else self.finish(params)
 
 
 # ---------------------------------------------------------------------------------------------------------

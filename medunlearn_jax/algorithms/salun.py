@@ -11,7 +11,8 @@ ranked globally over all weights (as in the paper's code). The mask is applied a
 weight decay and momentum included, so weights outside it stay bit-identical (`_masking.context_mask`).
 The loss is random-label training (`_losses.random_label_term`) on the paper's shuffled forget ∪ retain set:
 `epochs` passes over the retain set, each step pairing a retain batch with a cycled forget batch (random
-other labels, redrawn every step), weighted by their shares of the union, w_f = |D_f|/|D|, w_r = |D_r|/|D|,
+labels redrawn every step: by default among all classes, the true one included, as the reference code's
+`randint(0, C)`; `label_draw='other_class'` excludes the true class), weighted by their shares of the union, w_f = |D_f|/|D|, w_r = |D_r|/|D|,
 so every example weighs as much as in the paper's mixed batches. (Equal weights over-weight a 10 % forget
 set nine-fold; on a binary task that drives the model to chance.) `mixture_weights=False` uses w_f = 1,
 w_r = `retain_weight` instead.
@@ -43,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
       sparsity=0.5,           # Fraction of weights updated (the paper's default mask ratio).
       threshold=0.0,          # > 0: update the weights with saliency >= threshold instead of a fraction.
       mixture_weights=True,   # Weigh forget / retain terms by their shares of forget ∪ retain.
-      retain_weight=1.0)      # w_r (with w_f = 1) when mixture_weights is False.
+      retain_weight=1.0,      # w_r (with w_f = 1) when mixture_weights is False.
+      label_draw='official')  # Random labels among all classes; 'other_class' excludes the true one.
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,7 +104,7 @@ def loss_weights(hp: ml_collections.ConfigDict, sizes) -> tuple[float, float]:
 
 def build(problem, hp, sizes, batch_size) -> base.Algorithm:
   forget_weight, retain_weight = loss_weights(hp, sizes)
-  loss = _losses.combine(problem, _losses.random_label_term('forget', forget_weight),
+  loss = _losses.combine(problem, _losses.random_label_term('forget', forget_weight, hp.label_draw),
                          _losses.ce_term('retain', retain_weight))
   phase = base.Phase(loss=loss, streams=('retain', 'forget'), epochs=hp.epochs, name='salun')
   inner = _losses.build('salun', [phase], hp, sizes, batch_size)

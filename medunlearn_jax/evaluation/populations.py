@@ -38,20 +38,23 @@ def _mean_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def compare(unlearned: Mapping[str, np.ndarray], retrained: Mapping[str, np.ndarray],
-            splits: Mapping[str, ds_lib.Split], delta: float = privacy.DELTA) -> dict[str, Any]:
+            splits: Mapping[str, ds_lib.Split], delta: float = privacy.DELTA,
+            thresholds: str = 'grid') -> dict[str, Any]:
   """Forgetting quality F, the challenge's final score and U-LiRA from two populations' outputs.
 
   Args:
     unlearned, retrained: {split: (K, N, C) logits} from `population_outputs`.
     splits: the splits (for labels).
     delta: δ of the (ε, δ) test (challenge: 1e-5).
+    thresholds: the ε attack's thresholds, 'grid' (the challenge's, comparable with its numbers) or
+      'continuous' (`privacy.per_example_epsilon`); recorded in the result.
   """
   forget_labels = splits['forget'].labels
   u, r = _scores(unlearned['forget'], forget_labels), _scores(retrained['forget'], forget_labels)
-  f = privacy.forgetting_quality(u, r, delta)
+  f = privacy.forgetting_quality(u, r, delta, thresholds=thresholds)
   ra_u, ra_r = (_mean_accuracy(p['retain'], splits['retain'].labels) for p in (unlearned, retrained))
   ta_u, ta_r = (_mean_accuracy(p['test'], splits['test'].labels) for p in (unlearned, retrained))
-  out = {'n_models': int(u.shape[0]), 'forgetting_quality': f,
+  out = {'n_models': int(u.shape[0]), 'forgetting_quality': f, 'epsilon_thresholds': thresholds,
          'final_score': privacy.final_score(f, ra_u, ra_r, ta_u, ta_r),
          'retain_accuracy': ra_u, 'test_accuracy': ta_u,
          'retrained_retain_accuracy': ra_r, 'retrained_test_accuracy': ta_r}

@@ -33,6 +33,10 @@ BUCKET_WIDTH = 0.5
 PEAKY_RATIO = 0.01
 INTERVAL_BUFFER = 2.0
 RULES = ('single', 'interval')
+GRID_PER_UNIT = 100  # Thresholds per score unit of the challenge's grids (NUM_THRESHOLDS_PER_UNIT).
+# 'grid': the challenge's threshold grids (comparable with its numbers); 'continuous': every cut between
+# observed scores, the grids' limit of infinite resolution (a stronger attacker, never a smaller ε).
+THRESHOLDS = ('grid', 'continuous')
 
 # Bounds the (rules x examples) work arrays of the ε computation to a few tens of MB.
 _MAX_CHUNK_ELEMENTS = 1 << 19
@@ -300,17 +304,72 @@ def _interval_feasible(sorted_values: np.ndarray, lo: np.ndarray, hi: np.ndarray
             & (right_hi - left_lo >= np.maximum(width - buffer, 0.0)))
 
 
+def _rule_epsilons(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, delta: float) -> np.ndarray:
+  """ε of each threshold of a rule from its true/false-positive counts, with the challenge's conventions:
+  +inf where FPR = FNR = 0, NaN (dropped) where exactly one of them is 0, else the larger log-ratio floored
+  at 0. Computed once per count pair (a table), then looked up for every threshold."""
+  k_pos, k_neg = np.meshgrid(np.arange(n_pos + 1), np.arange(n_neg + 1), indexing='ij')
+  fpr, fnr = k_neg / n_neg, (n_pos - k_pos) / n_pos
+  with np.errstate(divide='ignore', invalid='ignore'):
+    table = np.fmax(np.log(1.0 - delta - fpr) - np.log(fnr), np.log(1.0 - delta - fnr) - np.log(fpr))
+  table = np.maximum(table, 0.0)
+  table = np.where((fpr == 0) ^ (fnr == 0), np.nan, table)
+  table = np.where((fpr == 0) & (fnr == 0), np.inf, table)
+  return table[tp, fp]
+
+
+def _grid_epsilon(u: np.ndarray, r: np.ndarray, delta: float, rules: Sequence[str],
+                  peaky_ratio: float | None, buffer: float) -> float:
+  """ε of one example over the challenge's threshold grids (google-deepmind/unlearning_evaluation,
+  metric.py): `GRID_PER_UNIT` thresholds per score unit between the pooled extremes for the single rule;
+  for the interval rule, right thresholds over [p_min + w - buffer, p_max + buffer] at the same density and,
+  for each, `2 · buffer · GRID_PER_UNIT` left thresholds over [t_r - w - buffer, t_r - w + buffer] (p the
+  peakier population, w its range). Counts come from sorted scores, so no (models x thresholds) array."""
+  r_is_pos = np.median(r) > np.median(u)
+  pos, neg = (r, u) if r_is_pos else (u, r)
+  range_pos, range_neg = np.ptp(pos), np.ptp(neg)
+  largest, smallest = max(range_pos, range_neg), min(range_pos, range_neg)
+  if peaky_ratio is not None and largest > 0 and smallest / largest < peaky_ratio:
+    return math.inf
+  found = []
+  if 'single' in rules:
+    pos_s, neg_s = np.sort(pos), np.sort(neg)
+    lo, hi = min(pos_s[0], neg_s[0]), max(pos_s[-1], neg_s[-1])
+    t = np.linspace(lo, hi, int(np.ceil((hi - lo) * GRID_PER_UNIT)))
+    tp = len(pos) - np.searchsorted(pos_s, t, side='left')  # scores >= t predict the positive class
+    fp = len(neg) - np.searchsorted(neg_s, t, side='left')
+    found.append(_rule_epsilons(tp, fp, len(pos), len(neg), delta))
+  if 'interval' in rules:
+    # The interval predicts the peakier population (on equal ranges, the lower-median one).
+    peaky, other = (neg, pos) if range_pos >= range_neg else (pos, neg)
+    peaky_s, other_s = np.sort(peaky), np.sort(other)
+    lo, hi = peaky_s[0] + smallest - buffer, peaky_s[-1] + buffer
+    right = np.linspace(lo, hi, int(np.ceil((hi - lo) * GRID_PER_UNIT)))
+    left = np.linspace(right - smallest - buffer, right - smallest + buffer,
+                       int(np.ceil(2 * buffer * GRID_PER_UNIT)), axis=1)
+    # Scores in [left, right]: (count <= right) - (count < left), never negative (left > right: empty).
+    tp = np.maximum(np.searchsorted(peaky_s, right, side='right')[:, None]
+                    - np.searchsorted(peaky_s, left, side='left'), 0)
+    fp = np.maximum(np.searchsorted(other_s, right, side='right')[:, None]
+                    - np.searchsorted(other_s, left, side='left'), 0)
+    found.append(_rule_epsilons(tp.ravel(), fp.ravel(), len(peaky), len(other), delta))
+  values = np.concatenate(found) if found else np.zeros(0)
+  values = values[~np.isnan(values)]
+  # The reference stops with an assertion when every threshold is dropped; no evidence of a difference here.
+  return float(values.max()) if values.size else 0.0
+
+
 def forget_epsilons(unlearned: np.ndarray, retrained: np.ndarray, delta: float = DELTA, *,
                     rules: Sequence[str] = RULES, cap: float = EPSILON_CAP,
                     peaky_ratio: float | None = PEAKY_RATIO,
-                    buffer: float | None = INTERVAL_BUFFER) -> np.ndarray:
+                    buffer: float | None = INTERVAL_BUFFER, thresholds: str = 'grid') -> np.ndarray:
   """Per-example ε of the challenge's evaluation, vectorised over forget examples.
 
   Args:
     unlearned: (N_u, N_forget) scores (logit-scaled confidences) of each forget example under N_u
       independently unlearned models.
     retrained: (N_r, N_forget) the same under N_r retrained models.
-    delta, rules, cap, peaky_ratio, buffer: see `per_example_epsilon`.
+    delta, rules, cap, peaky_ratio, buffer, thresholds: see `per_example_epsilon`.
 
   Returns:
     (N_forget,) ε in [0, cap].
@@ -333,6 +392,13 @@ def forget_epsilons(unlearned: np.ndarray, retrained: np.ndarray, delta: float =
     raise ValueError(f'rules must be a non-empty subset of {RULES}, got {tuple(rules)}')
   if not 0.0 <= delta < 1.0:
     raise ValueError(f'delta must be in [0, 1), got {delta}')
+  if thresholds not in THRESHOLDS:
+    raise ValueError(f'thresholds must be one of {THRESHOLDS}, got {thresholds!r}')
+  if thresholds == 'grid':
+    if buffer is None:
+      raise ValueError("an unconstrained interval rule (buffer=None) needs thresholds='continuous'")
+    eps = [_grid_epsilon(u[:, i], r[:, i], delta, rules, peaky_ratio, buffer) for i in range(u.shape[1])]
+    return np.clip(np.asarray(eps, np.float64).reshape(-1), 0.0, cap)
   n = u.shape[0] + r.shape[0]
   per_example = (n + 1) * (n // 2 + 1) if 'interval' in rules else n + 1
   chunk = max(1, _MAX_CHUNK_ELEMENTS // per_example)
@@ -344,7 +410,7 @@ def forget_epsilons(unlearned: np.ndarray, retrained: np.ndarray, delta: float =
 def per_example_epsilon(unlearned_scores: np.ndarray, retrained_scores: np.ndarray, delta: float = DELTA, *,
                         rules: Sequence[str] = RULES, cap: float = EPSILON_CAP,
                         peaky_ratio: float | None = PEAKY_RATIO,
-                        buffer: float | None = INTERVAL_BUFFER) -> float:
+                        buffer: float | None = INTERVAL_BUFFER, thresholds: str = 'grid') -> float:
   """Empirical ε of ONE forget example, as in the NeurIPS 2023 unlearning challenge's evaluation.
 
   The scores of the example under N unlearned and N retrained models are samples from two distributions; an
@@ -357,10 +423,13 @@ def per_example_epsilon(unlearned_scores: np.ndarray, retrained_scores: np.ndarr
   unlearning_evaluation, metric.py): (a) 'single': one threshold t, "score >= t" predicts the population
   with the larger median; (b) 'interval': two thresholds l <= r, "l <= score <= r" predicts the peakier
   population (smaller range; the lower-median one on equal ranges), with r within `buffer` (2.0) of that
-  population's max and r - l within `buffer` of its range. The challenge scans these thresholds on a grid of
-  step 0.01; here they range over every cut between distinct observed scores (the continuous limit of that
-  grid: same rules, without the grid's resolution limit). `buffer=None` allows every interval, a stronger
-  and noisier attacker than the challenge's.
+  population's max and r - l within `buffer` of its range. `thresholds='grid'` (the default) scans the
+  challenge's grids (`GRID_PER_UNIT` = 100 thresholds per score unit, 400 left thresholds per right one),
+  so numbers are comparable with the challenge's; `'continuous'` tries every cut between distinct observed
+  scores instead, the grid's limit without its resolution (never a smaller ε: u = [1.0, 1.2, 1.4] and
+  r = [0.0, 0.6, 1.404] give log 2 on the grid and the cap continuously, since only a cut inside
+  [1.4, 1.404) separates them). With 'continuous', `buffer=None` allows every interval, a stronger and
+  noisier attacker than the challenge's.
 
   Edge cases (the challenge's conventions), i.e. the cap:
     * FPR = FNR = 0 (the populations are perfectly separated by the rule): ε = `cap` (50, the challenge's
@@ -378,11 +447,14 @@ def per_example_epsilon(unlearned_scores: np.ndarray, retrained_scores: np.ndarr
     rules: subset of ('single', 'interval').
     cap: value for perfect separation; every ε is clipped to [0, cap].
     peaky_ratio: range-ratio threshold of the collapsed-population rule; None disables it.
-    buffer: slack of the interval rule's position and width (score units); None = unconstrained.
+    buffer: slack of the interval rule's position and width (score units); None = unconstrained
+      (continuous thresholds only).
+    thresholds: 'grid' (the challenge's) or 'continuous' (every cut between observed scores).
   """
   u = np.asarray(unlearned_scores, dtype=np.float64).reshape(-1, 1)
   r = np.asarray(retrained_scores, dtype=np.float64).reshape(-1, 1)
-  return float(forget_epsilons(u, r, delta, rules=rules, cap=cap, peaky_ratio=peaky_ratio, buffer=buffer)[0])
+  return float(forget_epsilons(u, r, delta, rules=rules, cap=cap, peaky_ratio=peaky_ratio, buffer=buffer,
+                               thresholds=thresholds)[0])
 
 
 def default_max_epsilon(num_models: int) -> float:
@@ -417,7 +489,7 @@ def epsilon_score(eps: np.ndarray | float, *, max_epsilon: float | None = None) 
 def forgetting_quality(unlearned: np.ndarray, retrained: np.ndarray, delta: float = DELTA, *,
                        max_epsilon: float | str = 'auto', rules: Sequence[str] = RULES,
                        cap: float = EPSILON_CAP, peaky_ratio: float | None = PEAKY_RATIO,
-                       buffer: float | None = INTERVAL_BUFFER) -> float:
+                       buffer: float | None = INTERVAL_BUFFER, thresholds: str = 'grid') -> float:
   """Forgetting quality F of the NeurIPS 2023 unlearning challenge (Triantafillou et al. 2024).
 
   F = mean over forget examples of `epsilon_score(ε_i)`, with ε_i from `per_example_epsilon`. In [0, 1];
@@ -429,10 +501,10 @@ def forgetting_quality(unlearned: np.ndarray, retrained: np.ndarray, delta: floa
     delta: δ (challenge: 1e-5).
     max_epsilon: 'auto' = `default_max_epsilon(N)` with N the smaller population (as in the challenge),
       None = no limit (every finite bucket scores 2^-k).
-    rules, cap, peaky_ratio, buffer: see `per_example_epsilon`.
+    rules, cap, peaky_ratio, buffer, thresholds: see `per_example_epsilon`.
   """
   eps = forget_epsilons(unlearned, retrained, delta, rules=rules, cap=cap, peaky_ratio=peaky_ratio,
-                       buffer=buffer)
+                       buffer=buffer, thresholds=thresholds)
   if eps.size == 0:
     return math.nan
   if max_epsilon == 'auto':
