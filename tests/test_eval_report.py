@@ -104,9 +104,10 @@ def test_subgroup_slices_by_hand(hand_workdir):
   # algo on forget: F = examples 0, 1 (right, wrong) -> 1/2; M = 2, 3 (wrong, wrong) -> 0.
   acc = sex['forget']['accuracy']
   assert acc['groups']['F']['value'] == 0.5 and acc['groups']['M']['value'] == 0.0
-  assert acc['difference'] == pytest.approx({'a': 'F', 'b': 'M', 'value': 0.5, 'ci_low': acc['difference']['ci_low'],
-                                             'ci_high': acc['difference']['ci_high']})
+  assert {k: acc['difference'][k] for k in ('a', 'b', 'value', 'interval')} == {
+      'a': 'F', 'b': 'M', 'value': 0.5, 'interval': 'newcombe'}  # Two examples per group: score intervals.
   assert acc['difference']['ci_low'] <= 0.5 <= acc['difference']['ci_high']
+  assert acc['groups']['M']['interval'] == 'wilson' and acc['groups']['M']['ci_high'] > 0
   # retrain on forget: F 1.0, M 0.0 -> gaps F |0.5 - 1| = 0.5, M |0 - 0| = 0.
   gap = sex['forget']['gap_to_retrain']['groups']
   assert gap['F']['value'] == 0.5 and gap['M']['value'] == 0.0
@@ -143,7 +144,7 @@ def test_report_files_and_plots(hand_workdir):
   res = results_lib.evaluate_workdir(hand_workdir, n_boot=20)
   written = report.write_report(hand_workdir, res)
   markdown = (hand_workdir / 'results.md').read_text()
-  assert markdown.startswith('| model | UA | RA | TA | MIA-efficacy | Avg. Gap ↓ | ToW ↑ | simple MIA | '
+  assert markdown.startswith('| model | UA | RA | TA | MIA-efficacy ± sd | Avg. Gap ↓ | ToW ↑ | simple MIA ± sd | '
                              'forgetting quality ↑ | U-LiRA acc. ↓ |')
   assert '| algo | 75.00 (25.00) | 75.00 (25.00) | 50.00 (25.00) |' in markdown
   assert '| 0.500 | 0.625 |' in markdown and '| retrain |' in markdown

@@ -12,7 +12,8 @@ Three families, from the cheapest to the most faithful:
   competition", 2024, arXiv:2406.09073): `per_example_epsilon`, `forget_epsilons`, `epsilon_score`,
   `forgetting_quality`, `final_score`.
 * The per-example likelihood-ratio attack U-LiRA of Hayes et al., "Inexact unlearning needs more careful
-  evaluations to avoid a false sense of privacy" (2024, arXiv:2403.01218): `ulira`, `ulira_loo`.
+  evaluations to avoid a false sense of privacy" (2024, arXiv:2403.01218), as they define it (Gaussian fits
+  of the unlearned and retrained populations' scores of each example): `ulira`, `ulira_loo`.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _balance(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[np
 # Population membership-inference attacks on one model.
 
 
-def simple_mia(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_splits: int = 5, seed: int = 0
+def simple_mia(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_splits: int = 10, seed: int = 0
                ) -> float:
   """The NeurIPS 2023 unlearning challenge starting kit's "simple MIA" on per-example losses.
 
@@ -75,7 +76,7 @@ def simple_mia(forget_losses: np.ndarray, test_losses: np.ndarray, *, n_splits: 
   non-members (test set, label 0). As in the kit, the classes are balanced by subsampling the larger set to
   the size of the smaller (seeded here), and the attack is scored by cross-validated accuracy with
   `StratifiedShuffleSplit` (test fraction 0.1 as in the kit, but at least 2 examples so that each class is
-  represented). The kit uses 10 splits; the default here is 5.
+  represented), over the kit's 10 splits (SCRUB's code uses 5; pass `n_splits=5` for its numbers).
 
   Returns:
     Mean CV accuracy. ~0.5: forget and test losses are indistinguishable (the ideal after unlearning, and

@@ -90,11 +90,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
 
 
+def _with_std(value: Any, std: Any) -> str:
+  """`value ± std` in points (std over attack seeds), or the value alone when no spread was measured."""
+  if math.isnan(_num(std)):
+    return _fmt(value, 2, 100.0)
+  return f'{_fmt(value, 2, 100.0)} ± {_fmt(std, 2, 100.0)}'
+
+
 def markdown_table(results: Results) -> str:
   """The main table: one row per model, the papers' columns (UA, RA, TA, MIA, Avg. Gap) and cost."""
   # Forgetting quality and U-LiRA exist only for runs with populations of models (pipeline.run_populations).
   with_populations = any(entry.get('populations') for entry in results['models'].values())
-  header = ['model', 'UA', 'RA', 'TA', 'MIA-efficacy', 'Avg. Gap ↓', 'ToW ↑', 'simple MIA']
+  header = ['model', 'UA', 'RA', 'TA', 'MIA-efficacy ± sd', 'Avg. Gap ↓', 'ToW ↑', 'simple MIA ± sd']
   header += ['forgetting quality ↑', 'U-LiRA acc. ↓'] if with_populations else []
   header += ['seconds', 'time / retrain', 'FLOPs / retrain']
   rows = []
@@ -103,9 +110,11 @@ def markdown_table(results: Results) -> str:
     cost = entry.get('cost') or {}
     rel = cost.get('relative_to_retrain') or {}
     row = [name, _pct_with_gap(m['UA'], m['gap_UA']), _pct_with_gap(m['RA'], m['gap_RA']),
-           _pct_with_gap(m['TA'], m['gap_TA']), _pct_with_gap(m['MIA'], m['gap_MIA']),
+           _pct_with_gap(m['TA'], m['gap_TA']),
+           _with_std(m['MIA'], _get(entry, 'mia', 'mia_efficacy_std'))
+           + ('' if math.isnan(m['gap_MIA']) else f' ({_fmt(m["gap_MIA"], 2, 100.0)})'),
            _fmt(entry.get('avg_gap'), 2, 100.0), _fmt(entry.get('tow'), 2, 100.0),
-           _fmt(_get(entry, 'mia', 'simple_mia'), 2, 100.0)]
+           _with_std(_get(entry, 'mia', 'simple_mia'), _get(entry, 'mia', 'simple_mia_std'))]
     if with_populations:
       row += [_fmt(m['forgetting_quality'], 3), _fmt(m['ulira_accuracy'], 3)]
     rows.append(row + [_fmt(cost.get('seconds'), 1), _fmt(rel.get('seconds'), 3), _fmt(rel.get('flops'), 3)])

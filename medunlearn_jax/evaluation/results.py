@@ -45,7 +45,7 @@ from medunlearn_jax.evaluation import subgroups
 COST_KEYS = ('seconds', 'compile_seconds', 'steps', 'examples', 'flops')
 EVAL_SPLITS = subgroups.EVAL_SPLITS
 REFERENCE, ORIGINAL = 'retrain', 'original'
-N_BOOT = 1000
+N_BOOT = 2000
 OUTPUTS_DIR = 'outputs'
 COSTS_FILE = 'costs.json'          # under outputs/: {model: engine.Cost.to_json()}
 INFO_FILE = 'info.json'            # under outputs/: dataset, task, class names, config summary
@@ -138,30 +138,43 @@ def split_summary(rows: Cache, num_classes: int) -> dict[str, Any]:
   return metrics.summary(rows['logits'], rows['label'], num_classes)
 
 
-def attack_verdicts(cache: Cache, *, seed: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """The two population MIAs of one model, and their per-row verdicts for slicing.
+ATTACK_SEEDS = 5  # Attack repetitions: one seed's balancing subsample alone moves the MIAs by 2-3.5 points.
+
+
+def attack_verdicts(cache: Cache, *, seed: int = 0, n_seeds: int = ATTACK_SEEDS
+                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """The two population MIAs of one model over `n_seeds` attack seeds, and per-row verdicts for slicing.
 
   Returns:
-    ({'simple_mia', 'mia_efficacy'}, {'simple_mia': (N,), 'mia_efficacy': (N,)}): the population values
-    (`privacy.simple_mia` on forget vs test losses; `privacy.mia_efficacy` on retain/test/forget true-class
-    confidences), and per cache row the simple-MIA attacker's out-of-fold correctness (forget and test rows)
-    and the MIA-efficacy attacker's non-member verdict (forget rows), NaN elsewhere. Values are NaN when a
-    set is too small for the attack.
+    ({'simple_mia', 'mia_efficacy', 'simple_mia_std', 'mia_efficacy_std', 'attack_seeds'},
+     {'simple_mia': (N,), 'mia_efficacy': (N,)}): each attack's mean and standard deviation over the seeds
+    seed, seed + 1, ... (`privacy.simple_mia` on forget vs test losses; `privacy.mia_efficacy` on
+    retain/test/forget true-class confidences), and per cache row the first seed's verdicts: the simple-MIA
+    attacker's out-of-fold correctness (forget and test rows) and the MIA-efficacy attacker's non-member
+    verdict (forget rows), NaN elsewhere. Values are NaN when a set is too small for the attack.
   """
   split = np.asarray(cache['split'])
   is_f, is_t, is_r = split == 'forget', split == 'test', split == 'retain'
   loss, confidence = np.asarray(cache['loss']), np.asarray(cache['confidence'])
   n = len(split)
-  values = {'simple_mia': math.nan, 'mia_efficacy': math.nan}
+  runs = {'simple_mia': [], 'mia_efficacy': []}
   rows = {'simple_mia': np.full(n, np.nan), 'mia_efficacy': np.full(n, np.nan)}
-  if is_f.sum() >= 2 and is_t.sum() >= 2:
-    values['simple_mia'] = privacy.simple_mia(loss[is_f], loss[is_t], seed=seed)
-    rows['simple_mia'][is_f], rows['simple_mia'][is_t] = privacy.simple_mia_predictions(
-        loss[is_f], loss[is_t], seed=seed)
-  if is_f.any() and is_r.any() and is_t.any():
-    non_member = privacy.mia_efficacy_predictions(confidence[is_r], confidence[is_t], confidence[is_f], seed=seed)
-    rows['mia_efficacy'][is_f] = non_member
-    values['mia_efficacy'] = float(np.mean(non_member))  # = privacy.mia_efficacy, without a second fit
+  for s in range(seed, seed + n_seeds):
+    if is_f.sum() >= 2 and is_t.sum() >= 2:
+      runs['simple_mia'].append(privacy.simple_mia(loss[is_f], loss[is_t], seed=s))
+      if s == seed:
+        rows['simple_mia'][is_f], rows['simple_mia'][is_t] = privacy.simple_mia_predictions(
+            loss[is_f], loss[is_t], seed=s)
+    if is_f.any() and is_r.any() and is_t.any():
+      non_member = privacy.mia_efficacy_predictions(confidence[is_r], confidence[is_t], confidence[is_f], seed=s)
+      runs['mia_efficacy'].append(float(np.mean(non_member)))  # = privacy.mia_efficacy, without a second fit
+      if s == seed:
+        rows['mia_efficacy'][is_f] = non_member
+  values: dict[str, float] = {}
+  for name, found in runs.items():
+    values[name] = float(np.mean(found)) if found else math.nan
+    values[f'{name}_std'] = float(np.std(found)) if found else math.nan
+  values['attack_seeds'] = n_seeds
   return values, rows
 
 
@@ -169,7 +182,8 @@ def _gaps(entry: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, A
   out = {}
   for name in (*EVAL_SPLITS, 'mia'):
     if name in entry and name in reference:
-      out[name] = {k: v for k, v in gaps.abs_gaps(entry[name], reference[name]).items() if k != 'n'}
+      out[name] = {k: v for k, v in gaps.abs_gaps(entry[name], reference[name]).items()
+                   if k != 'n' and k != 'attack_seeds' and not k.endswith('_std')}
   return out
 
 

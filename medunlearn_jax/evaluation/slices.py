@@ -3,7 +3,11 @@
 A slice metric answers questions such as "is the forget accuracy gap to retraining larger for women than for
 men?". Each group's value and the difference between two groups come with percentile-bootstrap intervals
 (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13) that resample examples with
-replacement *within* each group, so every replicate keeps the observed group sizes.
+replacement *within* each group, so every replicate keeps the observed group sizes. Proportions (accuracy,
+the share of forget examples an attacker calls non-members) of small groups (< 30 examples) or at 0 or 1,
+where the percentile bootstrap under-covers, get Wilson score intervals instead (Wilson, JASA 1927), and
+their differences Newcombe's hybrid score interval (Statistics in Medicine 1998); each result names its
+method.
 """
 from __future__ import annotations
 
@@ -40,9 +44,30 @@ def _percentile_ci(replicates: np.ndarray, ci: float) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+# Below this many examples (or at a proportion of exactly 0 or 1) a proportion's percentile-bootstrap interval
+# under-covers badly (58 % instead of 95 % for an accuracy difference at n = 15 vs 10); score intervals hold.
+SMALL_GROUP = 30
+
+
+def wilson_interval(successes: int, n: int, ci: float = 0.95) -> tuple[float, float]:
+  """Wilson score interval of a proportion (scipy's `binomtest(...).proportion_ci(method='wilson')`)."""
+  interval = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=ci, method='wilson')
+  return float(interval.low), float(interval.high)
+
+
+def newcombe_interval(p_a: float, ci_a: tuple[float, float], p_b: float, ci_b: tuple[float, float]
+                      ) -> tuple[float, float]:
+  """Newcombe's hybrid score interval of p_a − p_b from the two Wilson intervals (Newcombe, Statistics in
+  Medicine 1998, method 10)."""
+  d = p_a - p_b
+  return (d - math.sqrt((p_a - ci_a[0]) ** 2 + (ci_b[1] - p_b) ** 2),
+          d + math.sqrt((ci_a[1] - p_a) ** 2 + (p_b - ci_b[0]) ** 2))
+
+
 def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndarray], groups: np.ndarray, *,
                  group_values: Sequence[Any] | None = None, difference: tuple[Any, Any] | None = None,
-                 n_boot: int = 1000, seed: int = 0, ci: float = 0.95, weighted: bool = False) -> dict[str, Any]:
+                 n_boot: int = 2000, seed: int = 0, ci: float = 0.95, weighted: bool = False,
+                 proportion: str | None = None) -> dict[str, Any]:
   """A metric per group, the difference between two groups, and percentile-bootstrap CIs for both.
 
   Args:
@@ -62,11 +87,14 @@ def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndar
       point estimate), and returns (B,) values: every replicate in one vectorised call (e.g. the
       `metrics.weighted_*` functions). The same bootstrap, far faster; the draws differ from the unweighted
       path's, so one seed gives other (equally valid) intervals.
+    proportion: the name of a 0/1 array of `per_example` whose group mean the metric is (an accuracy). A
+      group under `SMALL_GROUP` examples or at a proportion of 0 or 1 then gets a Wilson interval, and a
+      difference involving one a Newcombe interval, instead of the percentile bootstrap.
 
   Returns:
-    {'groups': {g: {'n', 'value', 'ci_low', 'ci_high'}},
-     'difference': {'a', 'b', 'value', 'ci_low', 'ci_high'} or None,
-     'n_boot', 'ci', 'seed'}. The difference's CI comes from the same replicates as the groups' (groups are
+    {'groups': {g: {'n', 'value', 'ci_low', 'ci_high', 'interval'}},
+     'difference': {'a', 'b', 'value', 'ci_low', 'ci_high', 'interval'} or None,
+     'n_boot', 'ci', 'seed'}; 'interval' names the method ('percentile_bootstrap', 'wilson', 'newcombe'). The difference's CI comes from the same replicates as the groups' (groups are
     resampled independently of each other). Replicates where the metric is NaN (e.g. an AUC on a resample
     with one class) are left out of the percentiles.
   """
@@ -128,13 +156,21 @@ def slice_metric(metric: Callable[..., float], per_example: Mapping[str, np.ndar
 
   out_groups = {}
   for v in values:
-    lo, hi = _percentile_ci(boot[v], ci)
-    out_groups[v] = {'n': int(index[v].size), 'value': point[v], 'ci_low': lo, 'ci_high': hi}
+    n = int(index[v].size)
+    if proportion is not None and n_boot and (n < SMALL_GROUP or point[v] in (0.0, 1.0)):
+      (lo, hi), method = wilson_interval(round(float(np.sum(arrays[proportion][index[v]]))), n, ci), 'wilson'
+    else:
+      (lo, hi), method = _percentile_ci(boot[v], ci), 'percentile_bootstrap'
+    out_groups[v] = {'n': n, 'value': point[v], 'ci_low': lo, 'ci_high': hi, 'interval': method}
   diff = None
   if difference is not None:
     a, b = (_native(v) for v in difference)
-    lo, hi = _percentile_ci(boot[a] - boot[b], ci)
-    diff = {'a': a, 'b': b, 'value': point[a] - point[b], 'ci_low': lo, 'ci_high': hi}
+    if 'wilson' in (out_groups[a]['interval'], out_groups[b]['interval']):
+      ci_of = lambda g: wilson_interval(round(float(np.sum(arrays[proportion][index[g]]))), index[g].size, ci)
+      (lo, hi), method = newcombe_interval(point[a], ci_of(a), point[b], ci_of(b)), 'newcombe'
+    else:
+      (lo, hi), method = _percentile_ci(boot[a] - boot[b], ci), 'percentile_bootstrap'
+    diff = {'a': a, 'b': b, 'value': point[a] - point[b], 'ci_low': lo, 'ci_high': hi, 'interval': method}
   return {'groups': out_groups, 'difference': diff, 'n_boot': int(n_boot), 'ci': float(ci), 'seed': int(seed)}
 
 

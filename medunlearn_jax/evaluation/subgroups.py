@@ -1,7 +1,8 @@
 """Every accuracy and attack metric of a model sliced by sex, age bin, class and difficulty tercile.
 
-Per slicing key and split, each group's value comes with a percentile-bootstrap 95 % CI, and so does the
-difference between groups (`slices.slice_metric`), so that "the unlearned model is biased against male
+Per slicing key and split, each group's value comes with a percentile-bootstrap 95 % CI (Wilson's for
+accuracies of groups under 30 examples or at 0/1), and so does the difference between groups (Newcombe's
+for those; `slices.slice_metric`), so that "the unlearned model is biased against male
 samples" is a measured statement with an interval, not a reading of two point estimates:
 
 * sex: F - M;
@@ -171,12 +172,13 @@ class _Slicer:
       self.order = None
     self.fixed_pair = {'sex': ('F', 'M')}.get(key, ('hard', 'easy') if key in DIFFICULTY_KEYS else None)
 
-  def __call__(self, metric: Callable[..., np.ndarray], arrays: Columns, groups: np.ndarray) -> dict[str, Any]:
+  def __call__(self, metric: Callable[..., np.ndarray], arrays: Columns, groups: np.ndarray,
+               proportion: str | None = None) -> dict[str, Any]:
     present = set(groups.tolist())
     values = sorted(present) if self.order is None else [g for g in self.order if g in present]
     run = lambda n_boot, difference: slices.slice_metric(  # pylint: disable=g-long-lambda
         metric, arrays, groups, group_values=values, difference=difference, n_boot=n_boot, seed=self.seed,
-        ci=self.ci, weighted=True)
+        ci=self.ci, weighted=True, proportion=proportion)
     pair = None
     if self.fixed_pair is not None:
       pair = self.fixed_pair if set(self.fixed_pair) <= present else None
@@ -193,7 +195,7 @@ class _Slicer:
 def slice_model(cache: Columns, key: str, *, retrain: Columns | None = None,
                 verdicts: Mapping[str, np.ndarray] | None = None,
                 retrain_verdicts: Mapping[str, np.ndarray] | None = None, difficulty: Columns | None = None,
-                n_boot: int = 1000, seed: int = 0, ci: float = 0.95,
+                n_boot: int = 2000, seed: int = 0, ci: float = 0.95,
                 age_edges: Sequence[float] = AGE_EDGES) -> dict[str, Any]:
   """All slice metrics of one model under one key (see the module docstring).
 
@@ -226,7 +228,7 @@ def slice_model(cache: Columns, key: str, *, retrain: Columns | None = None,
     if not rows.any():
       continue
     g = groups[rows]
-    entry = {'accuracy': slicer(_mean, {'x': correct[rows]}, g)}
+    entry = {'accuracy': slicer(_mean, {'x': correct[rows]}, g, proportion='x')}
     if retrain is not None:
       reference = np.asarray(retrain['correct'], np.float64)[rows]
       entry['gap_to_retrain'] = slicer(_abs_mean_gap, {'x': correct[rows], 'reference': reference}, g)
@@ -248,7 +250,7 @@ def _slice_attacks(slicer: _Slicer, split: np.ndarray, groups: np.ndarray, known
   efficacy = np.asarray(verdicts['mia_efficacy'], np.float64)
   rows = (split == 'forget') & known & np.isfinite(efficacy)
   if rows.any():
-    out['mia_efficacy'] = slicer(_mean, {'x': efficacy[rows]}, groups[rows])
+    out['mia_efficacy'] = slicer(_mean, {'x': efficacy[rows]}, groups[rows], proportion='x')
     if retrain_verdicts is not None:
       reference = np.asarray(retrain_verdicts['mia_efficacy'], np.float64)[rows]
       if np.isfinite(reference).all():
