@@ -221,3 +221,21 @@ def test_every_registered_config_documents_a_search_space_of_its_own_fields():
     assert '←' in entry.doc, name  # States its update rule.
   with pytest.raises(ValueError, match='unknown hyper-parameters'):
     _losses.hparams({'nope': [1]})
+
+
+def test_weight_decay_is_coupled_for_sgd_and_adam_and_decoupled_for_adamw():
+  # torch semantics: SGD/Adam add wd·θ to the gradient (so Adam rescales it); AdamW decays after scaling.
+  params, grads, wd, lr = {'w': jnp.array([2.0, -1.0])}, {'w': jnp.array([0.5, 0.25])}, 0.1, 0.01
+  coupled = {'w': grads['w'] + wd * params['w']}
+  cases = [(base.make_optimizer('adam', lr, weight_decay=wd), base.make_optimizer('adam', lr), coupled),
+           (base.make_optimizer('sgd', lr, momentum=0.0, weight_decay=wd),
+            base.make_optimizer('sgd', lr, momentum=0.0), coupled)]
+  for tx, plain, g in cases:
+    expected, _ = plain.update(g, plain.init(params), params)
+    got, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(got['w'], expected['w'], rtol=1e-6)
+  adamw = base.make_optimizer('adamw', lr, weight_decay=wd)
+  plain = base.make_optimizer('adam', lr)
+  got, _ = adamw.update(grads, adamw.init(params), params)
+  scaled, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_allclose(got['w'], scaled['w'] - lr * wd * params['w'], rtol=1e-6)

@@ -243,8 +243,8 @@ def epoch_linear_decay(value: float, epochs: float, steps_per_epoch: int) -> opt
 def hparams(search_space: Mapping[str, Sequence[Any]], **fields: Any) -> ml_collections.ConfigDict:
   """An algorithm's hyper-parameters: the optimizer fields `erm.sgd_for` reads, then the algorithm's own.
 
-  Common fields: optimizer ('sgd' | 'adam'), lr, momentum (SGD), weight_decay (decoupled), schedule
-  ('cosine' | 'constant', over all phases), warmup_epochs, epochs (passes over the first phase's driver
+  Common fields: optimizer ('sgd' | 'adam' | 'adamw'), lr, momentum (SGD), weight_decay (coupled L2 for
+  sgd/adam as in torch, decoupled for adamw), schedule ('cosine' | 'constant', over all phases), warmup_epochs, epochs (passes over the first phase's driver
   stream), grad_clip (global norm, 0 = off). `search_space` maps field names to the values a tuning study
   tries.
   """

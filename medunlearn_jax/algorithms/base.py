@@ -181,7 +181,12 @@ def cross_entropy(problem: Problem, params: PyTree, batch: Batch) -> tuple[jax.A
 def make_optimizer(name: str, learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
                    weight_decay: float = 0.0, grad_clip: float | None = None,
                    nesterov: bool = False) -> optax.GradientTransformation:
-  """SGD(+momentum) or Adam(W) with decoupled weight decay and optional global-norm clipping."""
+  """SGD(+momentum), Adam or AdamW, with optional global-norm clipping first.
+
+  Weight decay follows torch, whose reference code the algorithms come from: for 'sgd' and 'adam' it is
+  coupled L2, `weight_decay · θ` added to the gradient before momentum or Adam's moments (torch's
+  `SGD`/`Adam(weight_decay=...)`); for 'adamw' it is decoupled, applied to the update after Adam's scaling.
+  """
   parts = []
   if grad_clip:
     parts.append(optax.clip_by_global_norm(grad_clip))
@@ -190,10 +195,14 @@ def make_optimizer(name: str, learning_rate: float | optax.Schedule, *, momentum
       parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
   elif name == 'adam':
+    if weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.adam(learning_rate))
+  elif name == 'adamw':
     parts.append(optax.adamw(learning_rate, weight_decay=weight_decay))
   else:
     from medunlearn_jax import errors  # pylint: disable=g-import-not-at-top
-    raise errors.ConfigError(f'unknown optimizer {name!r}; choose sgd or adam')
+    raise errors.ConfigError(f'unknown optimizer {name!r}; choose sgd, adam or adamw')
   return optax.chain(*parts)
 
 
