@@ -17,6 +17,7 @@ from medunlearn_jax import models
 from medunlearn_jax.algorithms import _masking
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.algorithms import boundary_shrink
+from medunlearn_jax.algorithms import fisher
 from medunlearn_jax.algorithms import salun
 from medunlearn_jax.algorithms import scrub
 from medunlearn_jax.algorithms import ssd
@@ -348,8 +349,43 @@ def test_unsir_defaults_are_the_authors_and_keep_retain_accuracy(class_task):
 
 
 def test_registered_with_citation_update_rule_and_search_space():
-  for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir']:
+  for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir', 'fisher']:
     entry = algorithms.get(name)
     assert 'Update' in entry.doc and any(str(y) in entry.doc for y in (2022, 2023, 2024)), name
     hp = entry.default_config()
     assert hp.search_space and all(k in hp for k in hp.search_space), name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fisher forgetting.
+
+def test_fisher_noise_follows_the_inverse_retain_fisher_diagonal(task):
+  t, retain = task, task.splits['retain']
+  hp = algorithms.get('fisher').default_config()
+  # The Fisher diagonal against a plain loop: per batch, per class y, p̄_y · (∇ mean CE towards y)².
+  grad = jax.jit(jax.grad(lambda p, b, y: base.cross_entropy(t.problem, p, dict(b, label=y))[0]))
+  hand, batches = None, 0
+  for lo in range(0, len(retain), BATCH):
+    b = {'image': retain.images[lo:lo + BATCH], 'mask': np.ones(len(retain.ids[lo:lo + BATCH]), np.float32)}
+    probs = np.asarray(jax.nn.softmax(t.problem.apply_fn(t.original, base.normalize_images(b['image']), False)))
+    for y in range(2):
+      g = [probs[:, y].mean() * np.square(np.asarray(x, np.float64))
+           for x in jax.tree.leaves(grad(t.original, b, np.full(len(b['mask']), y)))]
+      hand = g if hand is None else [a + c for a, c in zip(hand, g)]
+    batches += 1
+  diag = fisher.fisher_diagonal(t.problem, t.original, retain, t.env)
+  for got, want in zip(leaves(diag), hand):
+    np.testing.assert_allclose(got, want / batches, rtol=2e-3, atol=1e-12)
+  # The variance rule, leaf by leaf in numpy: clamp (1e2 on the head), mean over input channels, ×10.
+  head = _masking.last_k_blocks(t.original, 1)
+  variance = fisher.noise_variance(diag, head, hp.alpha)
+  for f, v, is_head in zip(leaves(diag), leaves(variance), jax.tree.leaves(head)):
+    want = np.minimum(1 / (f + 1e-8), 1e2 if is_head else 1e3) * hp.alpha
+    if want.ndim > 1:
+      want = np.broadcast_to(want.mean(axis=-2, keepdims=True), want.shape)
+    np.testing.assert_allclose(v, want * (10 if is_head or want.ndim == 1 else 1), rtol=1e-5)
+  # The edit: standardised noise (θ' − θ) / √variance is N(0, 1).
+  start, _ = t.build('fisher').prepare(t.original, t.splits, jax.random.key(3), t.env)
+  z = np.concatenate([((a - o) / np.sqrt(v)).ravel() for a, o, v in zip(leaves(start), leaves(t.original),
+                                                                          leaves(variance))])
+  assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
