@@ -277,7 +277,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
     multihost_utils.sync_global_devices('workdir ready')
   logging.info('dataset %s %dpx: %s; %d devices', config.dataset.name, config.dataset.image_size,
                {k: len(v) for k, v in splits.items()}, mesh.size)
-  logging.info('model %s (%s) with %s layers (model.kernels=%r)', config.model.name, config.model.dtype,
+  logging.info('model %s (%s) with %s layers (%s, from model.kernels=%r)', config.model.name, config.model.dtype,
                'stock Flax' if kernels == 'xla' else 'native CPU-kernel', kernels, config.model.kernels)
   return Experiment(config, workdir, info, splits, make_problem(config, info, kernels), mesh, kernels)
 
