@@ -20,8 +20,10 @@ from medunlearn_jax.evaluation import results as results_lib
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of an experiment (holds outputs/ and results.json).',
                                required=True)
 _RECOMPUTE = flags.DEFINE_bool('recompute', False, 'Recompute results.json from outputs/ before reporting.')
-_N_BOOT = flags.DEFINE_integer('n_boot', results_lib.N_BOOT, 'Bootstrap replicates of subgroup CIs '
-                               '(with --recompute).')
+_N_BOOT = flags.DEFINE_integer('n_boot', None, 'Bootstrap replicates of subgroup CIs (with --recompute; '
+                               'default: the run\'s recorded setting).')
+_ATTACK_SEEDS = flags.DEFINE_integer('attack_seeds', None, 'Repetitions of each MIA (with --recompute; '
+                                     'default: the run\'s recorded setting).')
 
 
 def main(argv):
@@ -30,7 +32,7 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   try:
     if _RECOMPUTE.value or not (workdir / results_lib.RESULTS_FILE).exists():
-      results = results_lib.evaluate_workdir(workdir, n_boot=_N_BOOT.value)
+      results = results_lib.evaluate_workdir(workdir, n_boot=_N_BOOT.value, attack_seeds=_ATTACK_SEEDS.value)
     else:
       results = report.load_results(workdir)
     written = report.write_report(workdir, results)

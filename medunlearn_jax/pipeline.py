@@ -47,7 +47,7 @@ from medunlearn_jax.evaluation import results as results_lib
 # Config fields that may change between invocations on one workdir without invalidating what it holds:
 # which algorithms to run (each stage checks its own hyper-parameters) and logging/IO cadence.
 MUTABLE_FIELDS = ('algorithms', 'algo', 'log_every_steps', 'checkpoint_every_steps', 'eval_batch_size',
-                  'distributed', 'report', 'populations', 'tuning')
+                  'distributed', 'report', 'populations', 'tuning', 'evaluation')
 REFERENCE_STAGES = ('original', 'retrain')
 
 
@@ -459,11 +459,13 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
           'class_names': list(exp.info.class_names),
           'config': {'dataset': c.dataset.name, 'image_size': c.dataset.image_size, 'model': c.model.name,
                      'dtype': c.model.dtype, 'kernels': exp.kernels, 'platform': jax.default_backend(),
-                     'seed': c.seed, 'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size}}
+                     'seed': c.seed, 'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size,
+                     'attack_seeds': c.evaluation.attack_seeds, 'n_boot': c.evaluation.n_boot}}
   if is_writer():
     results_lib.save_run(exp.workdir, caches, cost_json, info)
   results = results_lib.evaluate_caches(caches, cost_json, info=info,
-                                        populations=results_lib.load_populations(exp.workdir), seed=c.seed)
+                                        populations=results_lib.load_populations(exp.workdir), seed=c.seed,
+                                        n_boot=c.evaluation.n_boot, attack_seeds=c.evaluation.attack_seeds)
   if is_writer():
     results_lib.write_json(exp.workdir / results_lib.RESULTS_FILE, results)
     report_lib.write_report(exp.workdir, results, plots=c.get('report', True))

@@ -114,7 +114,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
   summary['kind'] = config.study.kind
   summary['seeds'] = seeds
   if config.study.kind == 'sex':
-    summary['sex_gap'] = sex_gap_difference(workdir, arms, seeds)
+    summary['sex_gap'] = sex_gap_difference(workdir, arms, seeds, n_boot=config.evaluation.n_boot)
   pipeline.write_json(workdir / STUDY_FILE, summary)
   if pipeline.is_writer():
     from medunlearn_jax.evaluation import study_report  # pylint: disable=g-import-not-at-top
@@ -156,7 +156,7 @@ def _forget_correct(workdir: pathlib.Path, model: str) -> np.ndarray:
 
 
 def sex_gap_difference(workdir: pathlib.Path, arms: Sequence[Arm], seeds: Sequence[int], *,
-                       n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                       n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
   """Per algorithm: the forget-accuracy gap to retrain in the F and M arms and their difference (F − M),
   each with a percentile-bootstrap 95 % interval resampling forget examples (pooled over seeds)."""
   rng = np.random.default_rng(seed)
@@ -173,11 +173,12 @@ def sex_gap_difference(workdir: pathlib.Path, arms: Sequence[Arm], seeds: Sequen
       retrain_c = np.concatenate([d[1] for d in diffs])
       idx = rng.integers(0, len(model_c), (n_boot, len(model_c)))
       boot = np.abs(model_c[idx].mean(1) - retrain_c[idx].mean(1))
-      per_arm[arm] = {'gap': float(abs(model_c.mean() - retrain_c.mean())), 'boot': boot}
+      per_arm[arm] = {'gap': float(abs(model_c.mean() - retrain_c.mean())), 'boot': boot, 'n': len(model_c)}
     f, m = per_arm[arm_names[0]], per_arm[arm_names[1]]
     diff = f['boot'] - m['boot']
     lo, hi = np.percentile(diff, [2.5, 97.5])
-    out[model] = {arm: {'gap': v['gap'], 'ci95': [float(x) for x in np.percentile(v['boot'], [2.5, 97.5])]}
+    out[model] = {arm: {'gap': v['gap'], 'n': v['n'],
+                        'ci95': [float(x) for x in np.percentile(v['boot'], [2.5, 97.5])]}
                   for arm, v in per_arm.items()}
     out[model]['difference_f_minus_m'] = {'value': f['gap'] - m['gap'], 'ci95': [float(lo), float(hi)],
                                           'differs': bool(lo > 0 or hi < 0)}

@@ -25,6 +25,9 @@ def small_config(**overrides):
   config.eval_batch_size = 64
   config.log_every_steps = 5
   config.checkpoint_every_steps = 4
+  # The attacks' and bootstraps' repetitions are tested on their own (test_eval_*); pipelines need one.
+  config.evaluation.attack_seeds = 1
+  config.evaluation.n_boot = 200
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

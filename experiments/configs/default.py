@@ -72,6 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.populations = ml_collections.ConfigDict()
   config.populations.n = 0
 
+  # How results are measured from the output caches (medunlearn_jax/evaluation/results.py).
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.attack_seeds = 5   # MIA repetitions: mean ± sd over seeds seed, seed + 1, ...
+  config.evaluation.n_boot = 2000      # Bootstrap replicates of the subgroup intervals.
+
   config.report = True                 # Write the PNG plots with results.md/csv (python -m experiments.report).
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200

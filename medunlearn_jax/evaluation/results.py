@@ -215,7 +215,8 @@ def _skipped_slices(reference: Cache, difficulty: Cache | None, used: Sequence[s
 def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str, float]] | None = None, *,
                     info: Mapping[str, Any] | None = None, populations: Mapping[str, Any] | None = None,
                     n_boot: int = N_BOOT, seed: int = 0, ci: float = 0.95,
-                    age_edges: Sequence[float] = subgroups.AGE_EDGES) -> dict[str, Any]:
+                    age_edges: Sequence[float] = subgroups.AGE_EDGES,
+                    attack_seeds: int = ATTACK_SEEDS) -> dict[str, Any]:
   """The results dict of a run from its caches and costs (see the module docstring).
 
   Args:
@@ -228,7 +229,10 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
       under models.<name>.populations, the other fields under the top-level 'populations'.
     n_boot, seed, ci: bootstrap replicates, seed of bootstraps and attacks, CI coverage.
     age_edges: age bin edges of the age slices.
+    attack_seeds: repetitions of each population MIA (`attack_verdicts`).
   """
+  if attack_seeds < 1 or n_boot < 0:
+    raise errors.ConfigError(f'evaluation needs attack_seeds >= 1 and n_boot >= 0, got {attack_seeds}, {n_boot}')
   cache_lib.check_aligned(caches)
   info, costs = dict(info or {}), dict(costs or {})
   per_model_populations = dict((populations or {}).get('models') or {})
@@ -253,7 +257,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
         entry[split] = split_summary(rows, num_classes)
     if 'forget' in entry:
       entry['forget']['unlearning_accuracy'] = metrics.unlearning_accuracy(entry['forget']['accuracy'])
-    entry['mia'], verdicts[name] = attack_verdicts(cache, seed=seed)
+    entry['mia'], verdicts[name] = attack_verdicts(cache, seed=seed, n_seeds=attack_seeds)
     entries[name] = entry
 
   reference = entries.get(REFERENCE)
@@ -287,6 +291,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
           'splits': [s for s in EVAL_SPLITS if s in set(np.asarray(first['split']).tolist())],
           'reference': REFERENCE if REFERENCE in caches else None,
           'n_boot': int(n_boot), 'ci': float(ci), 'seed': int(seed), 'age_edges': list(age_edges),
+          'attack_seeds': int(attack_seeds), 'simple_mia_splits': 10,
           'mia_efficacy_attack': 'svc', 'mia_efficacy_max_per_side': privacy.MIA_MAX_PER_SIDE,
           'difficulty_source': ORIGINAL if ORIGINAL in caches else None,
           'slices': keys, 'slices_skipped': _skipped_slices(first, difficulty, keys),
@@ -295,16 +300,20 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
   }
 
 
-def evaluate_workdir(workdir: str | os.PathLike, *, write: bool = True, n_boot: int = N_BOOT,
-                     seed: int | None = None) -> dict[str, Any]:
+def evaluate_workdir(workdir: str | os.PathLike, *, write: bool = True, n_boot: int | None = None,
+                     seed: int | None = None, attack_seeds: int | None = None) -> dict[str, Any]:
   """Recomputes a workdir's results from its caches alone; writes results.json when `write`.
 
-  `seed` defaults to the run's config seed, as at the end of the experiment.
+  `seed`, `n_boot` and `attack_seeds` default to the run's recorded settings, as at the end of the
+  experiment (`N_BOOT` / `ATTACK_SEEDS` for a run that did not record them).
   """
   caches, costs, info, populations = load_run(workdir)
-  if seed is None:
-    seed = int((info.get('config') or {}).get('seed', 0))
-  results = evaluate_caches(caches, costs, info=info, populations=populations, n_boot=n_boot, seed=seed)
+  recorded = info.get('config') or {}
+  seed = int(recorded.get('seed', 0)) if seed is None else seed
+  n_boot = int(recorded.get('n_boot', N_BOOT)) if n_boot is None else n_boot
+  attack_seeds = int(recorded.get('attack_seeds', ATTACK_SEEDS)) if attack_seeds is None else attack_seeds
+  results = evaluate_caches(caches, costs, info=info, populations=populations, n_boot=n_boot, seed=seed,
+                            attack_seeds=attack_seeds)
   if write:
     write_json(pathlib.Path(workdir) / RESULTS_FILE, results)
   return results
