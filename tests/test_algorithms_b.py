@@ -19,6 +19,7 @@ from medunlearn_jax.algorithms import base
 from medunlearn_jax.algorithms import boundary_shrink
 from medunlearn_jax.algorithms import fisher
 from medunlearn_jax.algorithms import salun
+from medunlearn_jax.algorithms import salun_soft
 from medunlearn_jax.algorithms import scrub
 from medunlearn_jax.algorithms import ssd
 from medunlearn_jax.algorithms import unsir
@@ -349,7 +350,8 @@ def test_unsir_defaults_are_the_authors_and_keep_retain_accuracy(class_task):
 
 
 def test_registered_with_citation_update_rule_and_search_space():
-  for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir', 'fisher']:
+  for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir', 'fisher',
+               'salun_soft']:
     entry = algorithms.get(name)
     assert 'Update' in entry.doc and any(str(y) in entry.doc for y in (2020, 2022, 2023, 2024)), name
     hp = entry.default_config()
@@ -389,3 +391,35 @@ def test_fisher_noise_follows_the_inverse_retain_fisher_diagonal(task):
   z = np.concatenate([((a - o) / np.sqrt(v)).ravel() for a, o, v in zip(leaves(start), leaves(t.original),
                                                                           leaves(variance))])
   assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SalUn-soft.
+
+def test_salun_soft_threshold_is_the_references_proximal_step():
+  rng = np.random.default_rng(0)
+  spe, total, ratio = 3, 6, 0.5
+  tx = salun_soft.soft_threshold_to_anchor(ratio, spe, total)
+  params = {'a': jnp.asarray(rng.normal(size=7), jnp.float32), 'b': jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)}
+  state = tx.init(params)
+  flat = lambda t: np.concatenate([np.asarray(t['a']).ravel(), np.asarray(t['b']).ravel()])
+  theta = flat(params)
+  for t in range(total):
+    updates = {k: jnp.asarray(rng.normal(scale=0.1, size=v.shape), jnp.float32) for k, v in params.items()}
+    if t % spe == 0:
+      anchor = theta.copy()  # The reference re-reads its initial weights at every epoch.
+    d = theta + flat(updates) - anchor
+    k = int(ratio * (total - ((t // spe) * spe + 1)) / total * d.size)
+    tau = np.sort(np.abs(d))[k - 1] if k > 0 else 0.0
+    theta = anchor + np.sign(d) * np.maximum(np.abs(d) - tau, 0.0)
+    out, state = tx.update(updates, state, params)
+    params = optax.apply_updates(params, out)
+    np.testing.assert_allclose(flat(params), theta, rtol=1e-5, atol=1e-6)
+    assert np.sum(theta == anchor) >= k  # The k least-changed weights are back at the epoch's start.
+
+
+def test_salun_soft_forgets_on_the_class_task(class_task):
+  t = class_task
+  params = t.run(t.build('salun_soft'))[2]
+  assert t.evaluate(params, 'forget')[1] <= t.evaluate(t.original, 'forget')[1] - 0.5
+  assert t.evaluate(params, 'retain')[1] >= t.evaluate(t.original, 'retain')[1] - RETAIN_TOLERANCE
