@@ -351,7 +351,7 @@ def test_unsir_defaults_are_the_authors_and_keep_retain_accuracy(class_task):
 
 def test_registered_with_citation_update_rule_and_search_space():
   for name in ['salun', 'ssd', 'cf_k', 'eu_k', 'boundary_shrink', 'boundary_expanding', 'unsir', 'fisher',
-               'salun_soft']:
+               'salun_soft', 'influence']:
     entry = algorithms.get(name)
     assert 'Update' in entry.doc and any(str(y) in entry.doc for y in (2020, 2022, 2023, 2024)), name
     hp = entry.default_config()
@@ -423,3 +423,34 @@ def test_salun_soft_forgets_on_the_class_task(class_task):
   params = t.run(t.build('salun_soft'))[2]
   assert t.evaluate(params, 'forget')[1] <= t.evaluate(t.original, 'forget')[1] - 0.5
   assert t.evaluate(params, 'retain')[1] >= t.evaluate(t.original, 'retain')[1] - RETAIN_TOLERANCE
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Influence unlearning (WoodFisher).
+
+def test_influence_is_the_references_woodfisher_step(task):
+  t, alpha, n = task, 0.7, 5
+  forget, retain = t.splits['forget'], t.splits['retain']
+  grad = jax.jit(jax.grad(lambda p, x, y: base.per_example_loss(
+      t.problem.apply_fn(p, base.normalize_images(x), False), y, False)[0]))
+
+  def flat_grad(split, i):
+    return np.concatenate([np.asarray(g, np.float64).ravel() for g in jax.tree.leaves(
+        grad(t.original, split.images[i:i + 1], split.labels[i:i + 1]))])
+
+  n_f, n_r = len(forget), len(retain)
+  g_f = sum(flat_grad(forget, i) for i in range(n_f))
+  g_r = sum(flat_grad(retain, i) for i in range(n_r))
+  k = g_f / (n_f + n_r) - g_r * n_f / ((n_f + n_r) * n_r)
+  o = flat_grad(retain, 0)
+  for j in range(1, n + 2):  # The reference's loop: o from the first example, then updates until idx > N.
+    g = flat_grad(retain, j)
+    tmp = o @ g
+    k = k - (k @ g) / (n + tmp) * o
+    o = o - tmp / (n + tmp) * o
+  start, context = t.build('influence', alpha=alpha, woodfisher_samples=n).prepare(
+      t.original, t.splits, jax.random.key(0), t.env)
+  theta = np.concatenate([np.asarray(x, np.float64).ravel() for x in leaves(t.original)])
+  got = np.concatenate([np.asarray(x, np.float64).ravel() for x in leaves(start)])
+  assert context == {}
+  np.testing.assert_allclose(got - theta, alpha * k, rtol=2e-3, atol=1e-6)
