@@ -82,6 +82,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   selectors.get(config.forget.selector)  # Unknown selector names fail before any work.
   if config.batch_size <= 0 or config.eval_batch_size <= 0:
     raise errors.ConfigError('batch sizes must be positive')
+  if config.evaluation.attack_seeds < 1 or config.evaluation.n_boot < 0:
+    raise errors.ConfigError(f'evaluation.attack_seeds must be >= 1 and evaluation.n_boot >= 0, got '
+                             f'{config.evaluation.attack_seeds} and {config.evaluation.n_boot}')
   models.make_model(config.model.name, 2)  # Unknown model names fail here, before any work.
   try:
     np.dtype(config.model.dtype)

@@ -140,6 +140,8 @@ def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, s
     ({'model.kernels': 'native'}, "model.kernels='native' is not valid here: the run uses 8 devices"),
     ({'model.kernels': 'fast'}, 'model.kernels must be one of'),
     ({'model.dtype': 'float8'}, 'model.dtype must be float32 or bfloat16'),
+    ({'algorithms': 'unsir'}, "unsir removes classes, but forget.selector is 'random_fraction'"),
+    ({'evaluation.attack_seeds': 0}, 'evaluation.attack_seeds must be'),
 ])
 def test_bad_config_fails_before_writing(tmp_path, overrides, message):
   with pytest.raises(errors.UserError, match=message):
