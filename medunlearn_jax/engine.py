@@ -96,7 +96,7 @@ def make_step(phase: base.Phase, tx: optax.GradientTransformationExtraArgs
   def step(state: TrainState, batch: Mapping[str, base.Batch], rng: jax.Array):
     (loss, metrics), grads = jax.value_and_grad(phase.loss, has_aux=True)(
         state.params, batch, state.context, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, context=state.context)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, context=state.context, batch=batch)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -309,10 +309,27 @@ def cpu_flops(fn: Callable[..., Any], args: Sequence[Any],
 
 
 def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
-        *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
-        meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
-        prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None,
-        stock_layers: Callable[[], ContextManager[Any]] | None = None) -> tuple[PyTree, Cost]:
+        **kwargs: Any) -> tuple[PyTree, Cost]:
+  """Runs an algorithm's data plan (`run_state`) and returns its final parameters, after `algorithm.finish`
+  (replicated on the mesh), and the accumulated `Cost`."""
+  state, cost = run_state(algorithm, data, params, context, **kwargs)
+  return finish_params(algorithm, state.params, kwargs['mesh']), cost
+
+
+def with_derived_sets(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree,
+                      env: 'Env') -> dict[str, ds_lib.Split]:
+  """`data` plus the sets the algorithm derives from it and its starting parameters (`derive_sets`)."""
+  data = dict(data)
+  if algorithm.derive_sets is not None:
+    data.update(algorithm.derive_sets(params, data, env))
+  return data
+
+
+def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
+              *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
+              meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
+              prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None,
+              stock_layers: Callable[[], ContextManager[Any]] | None = None) -> tuple[TrainState, Cost]:
   """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
 
   Args:
@@ -331,12 +348,17 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
     stock_layers: the model's `Problem.stock_layers`; FLOPs are counted on the step traced inside it.
 
   Returns:
-    The final parameters (replicated on the mesh, after `algorithm.finish`) and the accumulated `Cost`.
+    The final train state (replicated on the mesh; its parameters those `algorithm.select` chose, before
+    `algorithm.finish`) and the accumulated `Cost`.
 
   Raises:
     NonFiniteLossError: a loss became NaN/inf; nothing is saved after the last finite step.
   """
   check_batch_size(options.batch_size, mesh)
+  env = Env(mesh, options.batch_size, options.seed)
+  t_derive = time.perf_counter()
+  data = with_derived_sets(algorithm, data, params, env)
+  prepare_seconds += time.perf_counter() - t_derive
   for phase in algorithm.phases:
     for stream in phase.streams:
       if stream not in data or len(data[stream]) == 0:
@@ -429,7 +451,9 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       logging.info('%s [%s] step %d/%d loss=%.4f %s | %.1f steps/s, ETA %.0fs', algorithm.name,
                    algorithm.phases[phase_index].name, done_step, total, loss, extra, rate, eta)
       t_log, step_log = now, done_step
-    if done_step % options.checkpoint_every_steps == 0 or done_step == total:
+    # A stage that selects its final parameters saves its last step only once they are chosen.
+    if ((done_step % options.checkpoint_every_steps == 0 and done_step < total)
+        or (done_step == total and algorithm.select is None)):
       check_finite(metrics, done_step)
       jax.block_until_ready(state)
       now = time.perf_counter()
@@ -438,10 +462,15 @@ def run(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyT
       loop_start = time.perf_counter()
   if last_metrics is not None:
     check_finite(last_metrics, last_step)
+  if algorithm.select is not None and start < total:
+    state = state.replace(params=algorithm.select(state.params, state.opt_state, data, env))
+    jax.block_until_ready(state)
+    cost.seconds += time.perf_counter() - loop_start
+    save(total)
   if total == 0 and start == 0:
     # A training-free algorithm (SSD) still records that its stage finished, with its prepare cost.
     save(0)
-  return finish_params(algorithm, state.params, mesh), cost
+  return state, cost
 
 
 def _optimizer_at(txs: Sequence[Any], n_steps: Sequence[int], step: int, default: Any) -> Any:
@@ -466,10 +495,20 @@ def finish_params(algorithm: base.Algorithm, params: PyTree, mesh: jax.sharding.
 
 @dataclasses.dataclass(frozen=True)
 class Env:
-  """What an algorithm's `prepare` may use: the mesh, the batch size, and data-parallel reductions."""
+  """What an algorithm's `prepare` (and its other hooks) may use: the mesh, the batch size, data-parallel
+  reductions and per-example outputs, and the training record of algorithms that need one (Amnesiac's
+  summed updates of the original's forget batches, provided by the pipeline)."""
   mesh: jax.sharding.Mesh
   batch_size: int
   seed: int = 0
+  record: PyTree = None
+
+  def per_example(self, fn: Callable[[PyTree, base.Batch], jax.Array], params: PyTree,
+                  split: ds_lib.Split) -> np.ndarray:
+    """`fn(params, batch) -> (B, ...)` for every example of `split`, in order (padded rows dropped), jitted
+    once and data-parallel."""
+    call = jax.jit(fn, out_shardings=replicated(self.mesh))
+    return predict_split(call, params, split, batch_size=self.batch_size, mesh=self.mesh)
 
   def reduce(self, fn: Callable[[PyTree, base.Batch], PyTree], params: PyTree, split: ds_lib.Split,
              extra: PyTree = None) -> PyTree:

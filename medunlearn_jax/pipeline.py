@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -95,9 +96,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.family(config.dataset.name)
   for name in algorithm_names(config):
-    check = algorithms.get(name).check
-    if check is not None:
-      check(config.algo[name], config.forget)
+    entry = algorithms.get(name)
+    if entry.check is not None:
+      entry.check(config.algo[name], config.forget)
+    if config.populations.n > 0 and not entry.in_populations:
+      raise errors.ConfigError(f'{name} cannot run in populations (populations.n={config.populations.n}); '
+                               'run it without populations or leave it out of this run')
 
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,10 +359,39 @@ def prepare_algorithm(exp: Experiment, algorithm: base.Algorithm, original_param
   """Runs `algorithm.prepare`: (starting parameters, context, seconds it took)."""
   c = exp.config
   rng = jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(algorithm.name.encode()))
+  record = (training_record(exp, original_params) if algorithms.get(algorithm.name).needs_record else None)
   t0 = time.perf_counter()
-  start, context = algorithm.prepare(original_params, exp.splits, rng, engine.Env(exp.mesh, c.batch_size, c.seed))
+  start, context = algorithm.prepare(original_params, exp.splits, rng,
+                                     engine.Env(exp.mesh, c.batch_size, c.seed, record=record))
   jax.block_until_ready((start, context))
   return start, context, time.perf_counter() - t0
+
+
+def training_record(exp: Experiment, original_params: Any) -> Any:
+  """Amnesiac's record of the original's training (`amnesiac.record_training`): the original's run replayed
+  in its own stage, `checkpoints/amnesiac_record` (resumable; loaded when finished), summing the updates
+  of its steps whose batch held a forget example."""
+  from medunlearn_jax.algorithms import amnesiac  # pylint: disable=g-import-not-at-top
+  stage = 'amnesiac_record'
+  checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
+  forget_ids = exp.splits['forget'].ids
+  meta = {'stage': stage, 'algorithm': 'erm', 'hparams': _normalised(exp.config.train.to_dict()),
+          'forget_ids_sha256': hashlib.sha256(np.sort(forget_ids).astype(np.int64).tobytes()).hexdigest()}
+  try:
+    saved = checkpoints.read_meta()
+    if saved is not None and saved.get('forget_ids_sha256') != meta['forget_ids_sha256']:
+      raise errors.ConfigError(f'{stage} in {exp.workdir} was recorded for another forget set; use a new --workdir')
+    logging.info('stage %s: %s', stage, 'replaying the original\'s training to record its forget-batch updates'
+                 if saved is None else ('finished earlier, loading' if saved.get('done') else 'resuming'))
+    record = amnesiac.record_training(erm_algorithm(exp, 'train'), exp.splits, init_params(exp), forget_ids,
+                                      mesh=exp.mesh, options=exp.options, checkpoints=checkpoints, meta=meta)
+  finally:
+    checkpoints.close()
+  gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(record.params),
+                                                            jax.tree.leaves(original_params)))
+  logging.info('amnesiac record: %d of %d steps held forget examples; the replay ends %.3g (max |Δθ|) from '
+               'the original (0 when replayed on the devices that trained it)', record.hits, record.steps, gap)
+  return record
 
 
 def build_algorithm(exp: Experiment, name: str, original_params: Any,

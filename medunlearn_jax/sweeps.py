@@ -81,6 +81,11 @@ def run_population(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], 
   if scales.shape != (k,):
     raise errors.UserError(f'{len(scales)} learning-rate scales for {k} seeds')
   engine.check_batch_size(options.batch_size, mesh)
+  if algorithm.select is not None:
+    raise errors.ConfigError(f'{algorithm.name} chooses its parameters after its last step; populations and '
+                             'sweeps cannot run it (run it alone)')
+  if params is not None:  # Sets derived from the shared starting parameters (RUM's subsets).
+    data = engine.with_derived_sets(algorithm, data, params, engine.Env(mesh, options.batch_size))
   sizes = {name: len(split) for name, split in data.items()}
   n_steps = engine.phase_steps(algorithm, sizes, options.batch_size)
   txs = [optax.chain(optax.with_extra_args_support(t), scale_by_context()) for t in algorithm.optimizers()]

@@ -42,6 +42,7 @@ FORGETTING_CASES = {
     'bad_teacher': dict(lr=3e-3, epochs=1.0),
     # Two max passes: the first starts with the student equal to the teacher, where KL has zero gradient.
     'scrub': dict(lr=0.1, epochs=2.0, msteps=2),
+    'amnesiac': {},  # Defaults: 12 of the original's 14 steps are undone, then 3 epochs of repair.
 }
 
 

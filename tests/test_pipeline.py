@@ -142,6 +142,8 @@ def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, s
     ({'model.dtype': 'float8'}, 'model.dtype must be float32 or bfloat16'),
     ({'algorithms': 'unsir'}, "unsir removes classes, but forget.selector is 'random_fraction'"),
     ({'evaluation.attack_seeds': 0}, 'evaluation.attack_seeds must be'),
+    ({'algorithms': 'scrub_r', 'populations.n': 2}, 'scrub_r cannot run in populations'),
+    ({'algorithms': 'rum', 'algo.rum.high.algorithm': 'ssd'}, 'rum.high: ssd has'),
 ])
 def test_bad_config_fails_before_writing(tmp_path, overrides, message):
   with pytest.raises(errors.UserError, match=message):

@@ -15,6 +15,7 @@ import numpy as np
 from medunlearn_jax import algorithms
 from medunlearn_jax import engine
 from medunlearn_jax import models
+from medunlearn_jax.algorithms import amnesiac
 from medunlearn_jax.algorithms import base
 from medunlearn_jax.data import dataset as ds_lib
 from conftest import synthetic_split
@@ -59,15 +60,28 @@ def mesh1() -> jax.sharding.Mesh:
   return engine.make_mesh(jax.devices()[:1])
 
 
+def original_training() -> base.Algorithm:
+  """How the original model is trained: ERM on train."""
+  hp = algorithms.get('erm').default_config()
+  hp.update(lr=0.05, epochs=ORIGINAL_EPOCHS, stream='train')
+  return algorithms.get('erm').build(problem(), hp, sizes(), BATCH)
+
+
+ORIGINAL_OPTIONS = engine.RunOptions(seed=0, batch_size=BATCH, log_every_steps=10_000)
+
+
 @functools.lru_cache(maxsize=None)
 def original():
   """The original model (ERM on train), as host arrays so that any mesh can take it."""
-  hp = algorithms.get('erm').default_config()
-  hp.update(lr=0.05, epochs=ORIGINAL_EPOCHS, stream='train')
-  algorithm = algorithms.get('erm').build(problem(), hp, sizes(), BATCH)
-  params, _ = engine.run(algorithm, data(), problem().init_fn(jax.random.key(0)), {}, mesh=mesh1(),
-                         options=engine.RunOptions(seed=0, batch_size=BATCH, log_every_steps=10_000))
+  params, _ = engine.run(original_training(), data(), problem().init_fn(jax.random.key(0)), {}, mesh=mesh1(),
+                         options=ORIGINAL_OPTIONS)
   return jax.tree.map(np.asarray, params)
+
+
+def record(mesh: jax.sharding.Mesh):
+  """Amnesiac's record of the original's training on `mesh` (the pipeline's `training_record`)."""
+  return amnesiac.record_training(original_training(), data(), problem().init_fn(jax.random.key(0)),
+                                  data()['forget'].ids, mesh=mesh, options=ORIGINAL_OPTIONS)
 
 
 def unlearn(name: str, mesh: jax.sharding.Mesh | None = None, seed: int = 0, **overrides):
@@ -76,7 +90,7 @@ def unlearn(name: str, mesh: jax.sharding.Mesh | None = None, seed: int = 0, **o
   hp = algorithms.get(name).default_config()
   hp.update(overrides)
   algorithm = algorithms.get(name).build(problem(), hp, sizes(), BATCH)
-  env = engine.Env(mesh, BATCH, seed)
+  env = engine.Env(mesh, BATCH, seed, record=record(mesh) if algorithms.get(name).needs_record else None)
   start, context = algorithm.prepare(original(), data(), jax.random.key(seed + 1), env)
   params, cost = engine.run(algorithm, data(), start, context, mesh=mesh,
                             options=engine.RunOptions(seed=seed, batch_size=BATCH, log_every_steps=10_000))

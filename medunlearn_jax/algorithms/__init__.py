@@ -5,6 +5,8 @@ its default hyper-parameters (an `ml_collections.ConfigDict`, with a `search_spa
 tuning grid), and a builder `build(problem, hparams, sizes, batch_size) -> Algorithm`. An algorithm that
 differentiates the model forward (`jax.jvp`, Hessian-vector products) registers with `forward_mode=True`, and
 a run that includes it builds its model from stock layers (`models.layers`: custom VJPs have no forward mode).
+An algorithm that reads a record of the original's training (Amnesiac) registers with `needs_record=True`;
+the pipeline then hands it the record in `Env.record`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class Entry:
   forward_mode: bool = False
   # `check(hparams, forget_config)`: raises ConfigError, before any work, for a run it cannot serve.
   check: Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], None] | None = None
+  needs_record: bool = False
+  # False for an algorithm that chooses its parameters after training with data (SCRUB+R's rewind), which
+  # the vmapped populations and sweeps cannot do.
+  in_populations: bool = True
 
 
 _REGISTRY: dict[str, Entry] = {}
@@ -40,13 +46,15 @@ _NOT_ALGORITHMS = ('base',)
 
 def register(name: str, default_config: Callable[[], ml_collections.ConfigDict], build: Builder,
              doc: str = '', forward_mode: bool = False,
-             check: Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], None] | None = None
-             ) -> None:
+             check: Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], None] | None = None,
+             needs_record: bool = False, in_populations: bool = True) -> None:
   """Registers an algorithm; `forward_mode=True` when its losses or set-up use forward-mode AD; `check`
-  validates a run's hyper-parameters and forget-set config before any work (e.g. UNSIR needs classes)."""
+  validates a run's hyper-parameters and forget-set config before any work (e.g. UNSIR needs classes);
+  `needs_record=True` when its `prepare` reads `env.record`; `in_populations=False` when populations and
+  sweeps cannot run it."""
   if name in _REGISTRY:
     raise ValueError(f'algorithm {name!r} registered twice')
-  _REGISTRY[name] = Entry(name, default_config, build, doc, forward_mode, check)
+  _REGISTRY[name] = Entry(name, default_config, build, doc, forward_mode, check, needs_record, in_populations)
 
 
 def get(name: str) -> Entry:

@@ -6,6 +6,10 @@ student initialised from the original model, T_rand = `problem.init_fn(rng)` mad
 trains one epoch on a shuffled mix of ρ = 30 % of the retain set and the forget set; here each step pairs
 a retain batch with a cycled forget batch weighted by their shares of that mix, s = |F| / (ρ|R| + |F|),
 and the retain set drives `epochs` (default 0.3 = ρ: the paper's one pass over the mix).
+
+Defaults, against the authors' code (vikram2000b/bad-teaching-unlearning): Adam at 1e-4 without weight
+decay, KL temperature 1, 30 % of the retain set, one pass; ours are the same. Their KL averages over every
+logit rather than per example, a factor 1/C that Adam's scale invariance cancels.
 """
 from __future__ import annotations
 

@@ -16,7 +16,13 @@ and is a plain value:
 * `prepare(params, data, rng, env) -> (params, context)`: optional set-up run once before training (e.g.
   a saliency mask or Fisher importances, re-initialised blocks). `env` (an `engine.Env`) gives the mesh,
   batch size and `env.reduce(fn, params, split)`, a data-parallel sum of `fn(params, batch)` over a split,
-  so set-up computations never need a loop of their own.
+  so set-up computations never need a loop of their own;
+* optional hooks around the data plan: `derive_sets` (sets of its own made from the data before the first
+  step, e.g. RUM's memorization subsets), `select` (after the last step, choose the parameters to hand on,
+  e.g. SCRUB+R's rewind to an epoch snapshot) and `finish` (reshape them, e.g. prune a widened head).
+
+The engine passes every transformation the step's batches as `batch=` (with `context=`), so a
+transformation may also depend on which examples a step saw (Amnesiac's record of forget-batch updates).
 """
 from __future__ import annotations
 
@@ -122,6 +128,13 @@ class Algorithm:
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Maps the trained parameters to the model's (e.g. prunes a widened head); traceable, applied per model.
   finish: Callable[[PyTree], PyTree] | None = None
+  # Sets derived from the data and the starting parameters before the first step and added to the streams
+  # (RUM's memorization subsets): `derive_sets(params, data, env) -> {name: Split}`. Deterministic, so a
+  # resumed run derives the same sets.
+  derive_sets: Callable[[PyTree, Mapping[str, Any], Any], Mapping[str, Any]] | None = None
+  # After the last step: the parameters the stage hands on, chosen from the final parameters and optimizer
+  # state with the data at hand (SCRUB+R's rewind): `select(params, opt_state, data, env) -> params`.
+  select: Callable[[PyTree, PyTree, Mapping[str, Any], Any], PyTree] | None = None
 
   def optimizers(self) -> list[optax.GradientTransformationExtraArgs]:
     """The optimizer in force during each phase (a phase's own `tx`, else the one before it)."""

@@ -4,6 +4,11 @@ Goel et al., "Towards Adversarial Evaluations for Inexact Machine Unlearning", a
 Update: θ_last-k ← θ_last-k − η·opt(∇ CE(θ; retain batch)); every other block gets a zero update after the
 optimizer (`_masking.train_last_k`), so it stays bit-identical whatever the weight decay or momentum.
 Blocks are the model's top-level parameter groups in forward order (`models.blocks`: stem, blocks, head).
+
+Defaults, against the authors' code (shash42/Evaluating-Inexact-Unlearning): fine-tuning reuses their full
+training recipe (SGD momentum 0.9, warm-restart cosine from 0.1 to 0.005, weight decay 5e-5, clipping at 10,
+30–62 epochs) and counts k in conv/linear layers from the output. Where we differ: k counts blocks (as
+SCRUB's copy of CF-k does with ResNet stages), and the budget is finetune's: 3 epochs at 0.01, wd 5e-4.
 """
 from __future__ import annotations
 

@@ -4,6 +4,12 @@ Goel et al., "Towards Adversarial Evaluations for Inexact Machine Unlearning", a
 Update: θ_last-k ← fresh init (`problem.init_fn`), then θ_last-k ← θ_last-k − η·opt(∇ CE(θ; retain batch));
 the first blocks are never updated (zero update after the optimizer, as in CF-k). The frozen blocks still
 carry what they learnt from the forget set: EU-k is exact only if they were trained without it.
+
+Defaults, against the authors' code (shash42/Evaluating-Inexact-Unlearning): the last k conv/linear layers
+are re-initialised and trained with the full training recipe (62–126 epochs of warm-restart cosine from 0.1
+to 0.005, weight decay 5e-5, clipping at 10). Where we differ: k counts blocks (normalisation included in
+the re-initialisation) and training is 10 epochs at 0.05 on one cosine curve, wd 5e-4: a quarter of this
+project's original-model budget.
 """
 from __future__ import annotations
 

@@ -4,6 +4,11 @@ The simplest approximate-unlearning baseline (Golatkar et al., "Eternal Sunshine
 2020; Thudi et al., "Unrolling SGD", EuroS&P 2022). Update: θ ← θ + η ∇ CE(θ; forget batch), from the
 original parameters, for a few epochs of the forget set. Unbounded: the learning rate and epochs are what
 keep it from destroying the model, so both are in the search space.
+
+Defaults, against SalUn's GA (OPTML-Group/Unlearn-Saliency), the reference for ascent on the forget set
+alone: SGD with momentum 0.9, weight decay 5e-4, lr 0.01 for 10 epochs, constant in practice. Where we
+differ: lr 1e-3 for 5 epochs and no weight decay, a gentler start for an unbounded ascent (not a measured
+optimum); the search space reaches their rate. (SCRUB's "NegGrad" is our `neggrad_plus`.)
 """
 from __future__ import annotations
 
