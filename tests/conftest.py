@@ -1,12 +1,20 @@
 """Test set-up: 8 fake CPU devices (before any JAX call) and shared synthetic-data helpers."""
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
 import jax  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')
+if os.environ.get('MEDUNLEARN_TEST_COMPILE_CACHE', '1') == '1':
+  # Tests build fresh jitted closures, so the same program is traced and compiled again and again; a
+  # compilation cache private to this session compiles each distinct program once (subprocesses share it).
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='medunlearn_jax_test_cache_'))
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top

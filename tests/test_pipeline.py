@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -97,15 +98,24 @@ def test_crashed_run_resumes_to_the_same_result(tmp_path, synthetic_medmnist, mo
 
 
 def test_finished_stages_load_without_rerunning_prepare(tmp_path, synthetic_medmnist, monkeypatch):
-  config = small_config(algorithms='finetune,ssd')
+  # With the stages whose parameters come from elsewhere than the last step: SCRUB+R's rewind (saved once
+  # chosen) and Amnesiac's (its record replayed from the original's training).
+  config = small_config(algorithms='finetune,ssd,scrub_r,amnesiac')
+  records, real_record = [], pipeline.training_record
+  monkeypatch.setattr(pipeline, 'training_record',
+                      lambda exp, original: records.append((real_record(exp, original), original)) or records[-1][0])
   first = pipeline.run_experiment(config, tmp_path)
+  (record, original), = records
+  assert 0 < record.hits <= record.steps
+  for a, b in zip(jax.tree.leaves(record.params), jax.tree.leaves(original)):  # The replay is the original.
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   def no_prepare(*args, **kwargs):
     raise AssertionError('prepare ran for a finished stage')
 
   monkeypatch.setattr(pipeline, 'prepare_algorithm', no_prepare)
   second = pipeline.run_experiment(config, tmp_path)
-  for model in ('finetune', 'ssd'):
+  for model in ('finetune', 'ssd', 'scrub_r', 'amnesiac'):
     assert second['models'][model]['test'] == first['models'][model]['test']
     assert second['models'][model]['cost'] == first['models'][model]['cost']
 
