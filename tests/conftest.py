@@ -1,6 +1,8 @@
 """Test set-up: 8 fake CPU devices (before any JAX call) and shared synthetic-data helpers."""
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
@@ -10,9 +12,12 @@ jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_platforms', 'cpu')
 if os.environ.get('MEDUNLEARN_TEST_COMPILE_CACHE', '1') == '1':
   # Tests build fresh jitted closures, so the same program is traced and compiled again and again; a
-  # compilation cache private to this session compiles each distinct program once (subprocesses share it).
-  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='medunlearn_jax_test_cache_'))
-  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  # compilation cache private to this process (and the subprocesses it starts; one per pytest-xdist
+  # worker, which never race on an entry) compiles each distinct program once. Removed at exit.
+  _cache = tempfile.mkdtemp(prefix='medunlearn_jax_test_cache_')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  jax.config.update('jax_compilation_cache_dir', _cache)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
