@@ -39,6 +39,7 @@ from medunlearn_jax.data import dataset as ds_lib
 
 PyTree = Any
 DATA_AXIS = 'data'
+PROGRESS_SECONDS = 20.0  # Long passes outside the step loop log their progress at most this often.
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +405,12 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
 
   def save(step):
     if checkpoints is not None:
+      # A finite loss can still be followed by an update that overflows: never checkpoint such a state
+      # (a resumed run would start from it).
+      if not bool(all_finite(state.params, state.opt_state)):
+        raise errors.NonFiniteLossError(
+            f'{algorithm.name}: parameters are not finite after step {step}; stopped without saving a '
+            'checkpoint (lower the learning rate or check the data)')
       checkpoints.save(step, state, dict(meta, cost=cost.to_json(), done=step >= total, total_steps=total))
 
   first = algorithm.phases[0] if algorithm.phases else None
@@ -473,6 +480,14 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
   return state, cost
 
 
+@jax.jit
+def all_finite(*trees: PyTree) -> jax.Array:
+  """True when every floating-point leaf of `trees` is finite (one device reduction, one host transfer)."""
+  leaves = [x for x in jax.tree.leaves(trees) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)]
+  return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves])) if leaves \
+      else jax.numpy.bool_(True)
+
+
 def _optimizer_at(txs: Sequence[Any], n_steps: Sequence[int], step: int, default: Any) -> Any:
   """The optimizer in force at global `step` (`Algorithm.optimizers` per phase)."""
   if not txs:
@@ -520,13 +535,21 @@ class Env:
     call = jax.jit(fn if extra is None else (lambda p, b: fn(p, b, extra)),
                    out_shardings=replicated(self.mesh))
     total = None
-    for lo in range(0, len(split), self.batch_size):
+    n_batches = math.ceil(len(split) / self.batch_size)
+    t0 = t_log = time.perf_counter()
+    for k, lo in enumerate(range(0, len(split), self.batch_size)):
       pos = np.arange(lo, min(lo + self.batch_size, len(split)))
       mask = np.zeros(self.batch_size, np.float32)
       mask[:len(pos)] = 1.0
       batch = to_device(host_batch(split, np.pad(pos, (0, self.batch_size - len(pos))), mask), self.mesh)
       value = call(params, batch)
       total = value if total is None else jax.tree.map(jax.numpy.add, total, value)
+      if time.perf_counter() - t_log > PROGRESS_SECONDS:  # Set-up passes (Fisher, saliency) can take minutes.
+        jax.block_until_ready(total)
+        now = time.perf_counter()
+        logging.info('pass over %s: batch %d/%d | ETA %.0fs', split.name, k + 1, n_batches,
+                     (now - t0) / (k + 1) * (n_batches - k - 1))
+        t_log = now
     return total
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import pathlib
+import socket
 import time
 import zlib
 from typing import Any, Mapping
@@ -75,6 +77,40 @@ def algorithm_names(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+SCHEDULES = ('constant', 'cosine')
+
+
+def check_hparams(prefix: str, hp: ml_collections.ConfigDict, *, positive_epochs: bool = False) -> None:
+  """One-line errors for training hyper-parameters that make no sense (any level of nesting): a rate or
+  epoch count out of range, an unknown optimizer or schedule. `positive_epochs`: epochs must be > 0."""
+  for key, value in hp.items():
+    name = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      check_hparams(name, value, positive_epochs=positive_epochs)
+      continue
+    if isinstance(value, bool) or value is None:
+      continue
+    bad = None
+    if key == 'optimizer' and value not in OPTIMIZERS:
+      bad = f'must be one of {OPTIMIZERS}'
+    elif key == 'schedule' and value not in SCHEDULES:
+      bad = f'must be one of {SCHEDULES}'
+    elif isinstance(value, (int, float)):
+      if not np.isfinite(value):
+        bad = 'must be finite'
+      elif key == 'lr' and value <= 0:
+        bad = 'must be > 0'
+      elif key.endswith('epochs') and (value < 0 or (positive_epochs and key == 'epochs' and value <= 0)):
+        bad = 'must be > 0' if positive_epochs else 'must be >= 0'
+      elif key == 'momentum' and not 0 <= value < 1:
+        bad = 'must be in [0, 1)'
+      elif key in ('weight_decay', 'grad_clip') or key.endswith('_steps'):
+        bad = 'must be >= 0' if value < 0 else None
+    if bad:
+      raise errors.ConfigError(f'{name} {bad}, got {value!r}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks value ranges that config_flags cannot (unknown keys are already rejected there)."""
   fraction = config.forget.get('fraction')
@@ -95,7 +131,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(f'model.dtype must be float32 or bfloat16, got {config.model.dtype!r}')
   from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.family(config.dataset.name)
+  check_hparams('train', config.train, positive_epochs=True)
+  for key in ('log_every_steps', 'checkpoint_every_steps'):
+    if key in config and config[key] <= 0:
+      raise errors.ConfigError(f'{key} must be > 0, got {config[key]}')
+  if config.populations.n < 0:
+    raise errors.ConfigError(f'populations.n must be >= 0, got {config.populations.n}')
   for name in algorithm_names(config):
+    check_hparams(f'algo.{name}', config.algo[name])
     entry = algorithms.get(name)
     if entry.check is not None:
       entry.check(config.algo[name], config.forget)
@@ -127,6 +170,46 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   if diffs:
     raise errors.ConfigError(f'workdir {workdir} holds a run of a different config ({"; ".join(diffs[:4])}); '
                              'use a new --workdir')
+
+
+LOCK_FILE = '.lock'
+# Workdir -> (open descriptor holding its lock, whether this run created the workdir), in this process.
+_HELD_LOCKS: dict[pathlib.Path, tuple[int, bool]] = {}
+
+
+def hold_workdir(workdir: pathlib.Path) -> None:
+  """Takes an exclusive OS lock (`flock`) on `workdir/.lock`, held until `release_workdir` or the end of
+  the process (the OS releases it on exit and on kill, so a crash never leaves a stale lock). A workdir
+  another process holds is refused in one line naming that process. Only the writing process locks."""
+  workdir = workdir.absolute()
+  if not is_writer() or workdir in _HELD_LOCKS:
+    return
+  created = not workdir.exists()
+  workdir.mkdir(parents=True, exist_ok=True)
+  fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 256, 0).decode(errors='replace').strip() or 'another process'
+    os.close(fd)
+    raise errors.UserError(f'workdir {workdir} is in use by {holder}; wait for it to finish or use another '
+                           '--workdir') from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}'.encode(), 0)
+  _HELD_LOCKS[workdir] = (fd, created)
+
+
+def release_workdir(workdir: pathlib.Path) -> None:
+  """Releases this process's lock on `workdir` (no-op when it holds none); a workdir this run created
+  and left empty (it failed before writing anything) is removed with its lock file."""
+  workdir = workdir.absolute()
+  fd, created = _HELD_LOCKS.pop(workdir, (None, False))
+  if fd is None:
+    return
+  if created and [p.name for p in workdir.iterdir()] == [LOCK_FILE]:
+    (workdir / LOCK_FILE).unlink()
+    workdir.rmdir()
+  os.close(fd)
 
 
 @dataclasses.dataclass
@@ -268,6 +351,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   kernels = model_kernels(config)  # 'native' where it cannot run fails here, before any work.
   workdir = pathlib.Path(workdir).absolute()
   check_workdir(config, workdir)
+  hold_workdir(workdir)  # A second launch on this workdir is refused here, in seconds.
+  check_workdir(config, workdir)  # Again under the lock: another run may have just written its config.
   check_stages(config, workdir)
   if jax.process_count() > 1:  # Process 0 builds the dataset; the others read what it built.
     if is_writer():
@@ -431,13 +516,19 @@ def run_algorithm_stage(exp: Experiment, name: str, original_params: Any) -> tup
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-  """Runs the whole pipeline and returns the results dict (also written to workdir/results.json)."""
-  exp, trained, costs = train_references(config, workdir)
-  for name in algorithm_names(exp.config):
-    trained[name], costs[name] = run_algorithm_stage(exp, name, trained['original'])
-  if exp.config.populations.n > 0:
-    write_json(exp.workdir / 'populations.json', run_populations(exp, trained['original']))
-  return evaluate(exp, trained, costs)
+  """Runs the whole pipeline and returns the results dict (also written to workdir/results.json).
+
+  The workdir is locked for the run (`hold_workdir`): a second run on it, in any process, is refused.
+  """
+  try:
+    exp, trained, costs = train_references(config, workdir)
+    for name in algorithm_names(exp.config):
+      trained[name], costs[name] = run_algorithm_stage(exp, name, trained['original'])
+    if exp.config.populations.n > 0:
+      write_json(exp.workdir / 'populations.json', run_populations(exp, trained['original']))
+    return evaluate(exp, trained, costs)
+  finally:
+    release_workdir(pathlib.Path(workdir))
 
 
 def run_populations(exp: Experiment, original_params: Any) -> dict[str, Any]:

@@ -115,6 +115,15 @@ def test_nan_loss_stops_without_saving(tmp_path):
   assert latest is None  # The loss diverged before the first checkpoint (step 4): nothing was saved.
 
 
+@pytest.mark.filterwarnings('ignore:overflow encountered in cast')  # lr 1e39 itself overflows float32.
+def test_parameters_that_overflow_after_a_finite_loss_are_never_saved(tmp_path):
+  # At lr 1e39 the first loss is finite but the first update overflows float32: the step-1 checkpoint
+  # would hold inf/NaN parameters that a rerun resumes into.
+  with pytest.raises(errors.NonFiniteLossError, match='parameters are not finite after step 1'):
+    _train(engine.make_mesh(), tmp_path / 'ck', checkpoint_every=1, lr=1e39)
+  assert ckpt_lib.StageCheckpoints(tmp_path / 'ck').latest_step() is None
+
+
 def test_predict_pads_the_last_batch_and_keeps_every_example():
   problem = make_problem()
   params = problem.init_fn(jax.random.key(1))

@@ -153,6 +153,10 @@ def test_other_config_in_same_workdir_is_refused_without_overwriting(tmp_path, s
     ({'algorithms': 'unsir'}, "unsir removes classes, but forget.selector is 'random_fraction'"),
     ({'evaluation.attack_seeds': 0}, 'evaluation.attack_seeds must be'),
     ({'algorithms': 'scrub_r', 'populations.n': 2}, 'scrub_r cannot run in populations'),
+    ({'train.epochs': -1.0}, r'train.epochs must be > 0, got -1.0'),
+    ({'algo.finetune.lr': 0.0}, r'algo.finetune.lr must be > 0'),
+    ({'algo.finetune.optimizer': 'lamb'}, r'algo.finetune.optimizer must be one of'),
+    ({'algo.finetune.momentum': 1.5}, r'algo.finetune.momentum must be in \[0, 1\)'),
     ({'algorithms': 'rum', 'algo.rum.high.algorithm': 'ssd'}, 'rum.high: ssd has'),
 ])
 def test_bad_config_fails_before_writing(tmp_path, overrides, message):
@@ -189,6 +193,22 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     lines = cli_error_lines(proc.stderr)
     assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / 'tfds' / 'medmnist' / 'pneumoniamnist_28' / '1.0.0').exists()
+
+
+def test_a_second_launch_on_a_locked_workdir_is_refused_in_one_line(tmp_path, synthetic_medmnist):
+  workdir = tmp_path / 'run'
+  pipeline.hold_workdir(workdir)  # As a running launch holds it.
+  try:
+    proc = run_cli('--config=experiments/configs/default.py', f'--workdir={workdir}', env=dict(os.environ))
+    lines = cli_error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert f'is in use by process {os.getpid()} on ' in lines[0]
+    assert sorted(p.name for p in workdir.iterdir()) == ['.lock']  # The refused launch wrote nothing.
+  finally:
+    pipeline.release_workdir(workdir)
+  assert not workdir.exists()  # Created by the lock alone, so removed with it.
+  pipeline.hold_workdir(workdir)  # Free again.
+  pipeline.release_workdir(workdir)
 
 
 def test_real_breastmnist_pipeline(tmp_path, shared_data, monkeypatch):
