@@ -222,6 +222,9 @@ class Experiment:
   problem: base.Problem
   mesh: jax.sharding.Mesh
   kernels: str = 'xla'  # The layers the model is built from ('xla' or 'native', `model_kernels`).
+  # The forget set, when its selector does not need the trained original (all but 'difficulty'): made and
+  # checked in `setup`, before anything is written.
+  selection: forget_lib.ForgetManifest | None = None
 
   @functools.cached_property
   def predict(self):
@@ -325,18 +328,27 @@ def difficulty_scores(exp: Experiment, params: Any) -> np.ndarray:
   return metrics.per_example_loss(logits, exp.splits['train'].labels)
 
 
+def select_forget_set(config: ml_collections.ConfigDict, workdir: pathlib.Path, train: ds_lib.Split,
+                      difficulty: np.ndarray | None = None) -> forget_lib.ForgetManifest:
+  """The configured forget selection, checked (ids, sizes, classes left in retain) and compared with the
+  workdir's manifest, if any: a different selection is refused. Writes nothing."""
+  selection = selectors.select(train, config.forget, seed=config.seed, difficulty=difficulty, ignore_unused=True)
+  manifest = forget_lib.read_manifest(workdir)  # Verifies its own sha256.
+  if manifest is not None and manifest.sha256 != selection.sha256:
+    raise errors.ConfigError(f'{forget_lib.MANIFEST_NAME} in {workdir} does not match the configured '
+                             'forget selection; use a new --workdir')
+  return selection
+
+
 def forget_manifest(exp: Experiment, original_params: Any) -> forget_lib.ForgetManifest:
   """Selects the forget set; reuses the workdir's manifest when it is the same selection, else refuses."""
   c = exp.config
-  difficulty = difficulty_scores(exp, original_params) if c.forget.selector == 'difficulty' else None
-  selection = selectors.select(exp.splits['train'], c.forget, seed=c.seed, difficulty=difficulty,
-                               ignore_unused=True)
+  selection = exp.selection
+  if selection is None:
+    selection = select_forget_set(c, exp.workdir, exp.splits['train'], difficulty_scores(exp, original_params))
   manifest = forget_lib.read_manifest(exp.workdir)  # Verifies its own sha256.
   if manifest is not None:
-    if manifest.sha256 != selection.sha256:
-      raise errors.ConfigError(f'{forget_lib.MANIFEST_NAME} in {exp.workdir} does not match the configured '
-                               'forget selection; use a new --workdir')
-    return manifest
+    return manifest  # `select_forget_set` checked that it is this selection.
   if is_writer():
     forget_lib.write_manifest(selection, exp.workdir)
   logging.info('forget set (%s): %d of %d training examples (sha256 %s…)', selection.selector,
@@ -362,6 +374,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   mesh = engine.make_mesh()
   engine.check_batch_size(config.batch_size, mesh)
   engine.check_batch_size(config.eval_batch_size, mesh)
+  # A bad forget request (ids not in the split, duplicates, a class left empty...) fails here, in seconds and
+  # before anything is written; only the difficulty selector must wait for the trained original.
+  selection = (None if config.forget.selector == 'difficulty'
+               else select_forget_set(config, workdir, splits['train']))
   if is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
@@ -371,7 +387,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
                {k: len(v) for k, v in splits.items()}, mesh.size)
   logging.info('model %s (%s) with %s layers (%s, from model.kernels=%r)', config.model.name, config.model.dtype,
                'stock Flax' if kernels == 'xla' else 'native CPU-kernel', kernels, config.model.kernels)
-  return Experiment(config, workdir, info, splits, make_problem(config, info, kernels), mesh, kernels)
+  return Experiment(config, workdir, info, splits, make_problem(config, info, kernels), mesh, kernels, selection)
 
 
 def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLike

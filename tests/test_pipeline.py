@@ -168,6 +168,23 @@ def test_bad_config_fails_before_writing(tmp_path, overrides, message):
 def test_forget_set_leaving_a_class_empty_is_refused(tmp_path, synthetic_medmnist):
   with pytest.raises(errors.UserError, match='retain set would be empty|no retain example'):
     pipeline.run_experiment(small_config(**{'forget.fraction': 0.999}), tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()  # Refused before training, with nothing written.
+
+
+@pytest.mark.parametrize('content, message', [
+    ('99999\n', 'not in the training split|not in'),  # An id the training split does not have.
+    ('1\n1\n', 'twice'),
+    ('', 'empty|no ids'),
+])
+def test_bad_forget_request_file_fails_in_seconds_and_writes_nothing(tmp_path, synthetic_medmnist, content,
+                                                                     message, monkeypatch):
+  request = tmp_path / 'request.txt'
+  request.write_text(content)
+  monkeypatch.setattr(pipeline, 'run_stage', lambda *a, **k: pytest.fail('training started'))
+  with pytest.raises(errors.UserError, match=message):
+    pipeline.run_experiment(small_config(**{'forget.selector': 'id_file', 'forget.path': str(request)}),
+                            tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
 
 
 def run_cli(*args, env):
