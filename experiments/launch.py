@@ -1,5 +1,8 @@
 """The shared shape of every launcher: `--config` (an ml_collections config file with overrides) and
 `--workdir`, bad input reported as one line with exit code 2, optional multi-process initialisation."""
+import importlib.util
+import pathlib
+import re
 import sys
 from typing import Any, Callable
 
@@ -50,8 +53,58 @@ def parse_flags(argv):
     fail('bad flag or config override: ', e)
 
 
+DEFAULT_CONFIG = 'experiments/configs/default.py'
+HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
+
+
+def config_docs(path: str) -> dict[str, str]:
+  """One-line docs of a config file's keys: the comment that ends the line assigning `config.<key>`."""
+  docs = {}
+  for line in pathlib.Path(path).read_text().splitlines():
+    match = re.match(r'\s*config\.([\w.]+)\s*=[^#]*#\s*(.+)$', line)
+    if match:
+      docs[match.group(1)] = match.group(2).strip()
+  return docs
+
+
+def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b.c': value} for every leaf of a (nested) ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_help(path: str) -> str:
+  """`--help`: the flags, then every `--config.<key>` of the config file with its default and doc."""
+  spec = importlib.util.spec_from_file_location('_help_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config, docs = module.get_config(), config_docs(path)
+  lines = [(sys.modules['__main__'].__doc__ or '').strip(), '',
+           'flags: --config=FILE (required) --workdir=DIR (required) [--cpu_devices=N] [--coordinator_address=HOST:PORT'
+           ' --num_processes=N --process_id=I] [--verbosity=1]', '',
+           f'config keys of {path} (override with --config.<key>=value; lists as (a,b,...)):']
+  # The experiment's own keys first, then the (long) per-algorithm hyper-parameters.
+  for key, value in sorted(flatten(config).items(), key=lambda kv: kv[0].startswith('algo.')):
+    doc = docs.get(key) or docs.get(key.split('.')[0], '')
+    lines.append(f'  --config.{key}={value!r}' + (f'    # {doc}' if doc else ''))
+  return '\n'.join(lines)
+
+
 def run(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
-  """Parses flags and runs `job(config, workdir)`; `config.distributed` initialises multi-process JAX."""
+  """Parses flags and runs `job(config, workdir)`; `config.distributed` initialises multi-process JAX.
+  `--help` lists the flags and the config's keys with their defaults, and exits 0."""
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    given = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--config=')]
+    try:
+      print(config_help(given[0] if given else DEFAULT_CONFIG))
+    except Exception as e:  # pylint: disable=broad-except
+      fail('bad config: ', e)
+    sys.exit(0)
 
   def main(argv):
     if len(argv) > 1:

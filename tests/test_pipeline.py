@@ -228,6 +228,15 @@ def test_a_second_launch_on_a_locked_workdir_is_refused_in_one_line(tmp_path, sy
   pipeline.release_workdir(workdir)
 
 
+def test_help_lists_the_config_keys_with_defaults_and_docs(tmp_path):
+  proc = run_cli('--config=experiments/configs/default.py', '--help', env=dict(os.environ))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert "--config.model.dtype='float32'    # Compute dtype" in out
+  assert '--config.forget.fraction=0.1' in out and '--config.algo.rum.high.alpha=0.97' in out
+  assert out.index('--config.seed=') < out.index('--config.algo.')  # The run's own keys first.
+
+
 def test_real_breastmnist_pipeline(tmp_path, shared_data, monkeypatch):
   monkeypatch.setenv('MEDUNLEARN_DATA_DIR', str(shared_data))
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))

@@ -305,3 +305,14 @@ def test_difficulty_per_class_keeps_every_class_in_the_retain_set():
                                       'per_class': True}, seed=0, difficulty=scores)
   # 30 % of each class: the 7 hardest of class 0 (ids 17-23) and 2 hardest of class 1 (ids 28, 29).
   assert manifest.ids.tolist() == [17, 18, 19, 20, 21, 22, 23, 28, 29]
+
+
+def test_a_count_in_an_experiment_config_replaces_its_default_fraction():
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config().forget  # fraction 0.1 by default, and it cannot be unset from the CLI.
+  config.selector, config.label, config.count = 'class', 1, 5
+  train = make_train()
+  chosen = selectors.select(train, config, seed=0, ignore_unused=True)
+  assert len(chosen.ids) == 5 and np.all(train.labels[train.positions(chosen.ids)] == 1)
+  with pytest.raises(errors.UserError, match='not both'):  # Given explicitly, both are still refused.
+    selectors.select(train, {'selector': 'class', 'label': 1, 'count': 5, 'fraction': 0.1}, seed=0)

@@ -62,3 +62,16 @@ def test_sex_study_on_real_nih_chestxray14(tmp_path, shared_data, monkeypatch):
   lo, hi = entry['difference_f_minus_m']['ci95']
   assert lo <= entry['difference_f_minus_m']['value'] <= hi or entry['difference_f_minus_m']['differs']
   assert 'F − M' in (tmp_path / 'study' / 'study.md').read_text()
+
+
+def test_a_studys_lists_are_overridable_from_the_command_line():
+  import pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  root = pathlib.Path(__file__).resolve().parents[1]
+  program = ('from absl import app; from ml_collections import config_flags; from medunlearn_jax import studies;'
+             'c = config_flags.DEFINE_config_file("config", lock_config=True);'
+             'app.run(lambda _: print([a.name for a in studies.arms_of(c.value)], tuple(c.value.study.seeds)))')
+  proc = subprocess.run([sys.executable, '-c', program, '--config=experiments/configs/study_forget_size.py',
+                         '--config.study.fractions=(0.05,0.2)', '--config.study.seeds=(3,)'], cwd=root,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "['images_0.05', 'images_0.2'] (3,)"

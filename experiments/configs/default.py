@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.forget = ml_collections.ConfigDict()
   config.forget.selector = 'random_fraction'
   config.forget.fraction = 0.1
-  config.forget.count = placeholder(int)
+  config.forget.count = placeholder(int)  # When set, replaces fraction (class/sex/age/difficulty too).
   config.forget.label = placeholder(int)
   config.forget.sex = placeholder(str)
   config.forget.matched = placeholder(bool)

@@ -17,5 +17,5 @@ def get_config():
   config = default.get_config()
   config.dataset.name = 'retinamnist'
   config.algorithms = 'finetune,neggrad_plus,salun,scrub'
-  config.study = dict(kind='difficulty', fraction=0.333, seeds=[0, 1])
+  config.study = dict(kind='difficulty', fraction=0.333, seeds=(0, 1))
   return config

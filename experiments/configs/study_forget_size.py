@@ -20,5 +20,5 @@ def get_config():
   config = default.get_config()
   config.dataset.name = 'retinamnist'
   config.algorithms = 'finetune,neggrad_plus,salun,scrub'
-  config.study = dict(kind='forget_size', fractions=[0.01, 0.05, 0.1, 0.2, 0.5], patients=False, seeds=[0, 1])
+  config.study = dict(kind='forget_size', fractions=(0.01, 0.05, 0.1, 0.2, 0.5), patients=False, seeds=(0, 1))
   return config

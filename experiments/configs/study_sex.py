@@ -21,5 +21,5 @@ def get_config():
   config.dataset.task = 'dx'
   config.train.epochs = 8.0
   config.algorithms = 'finetune,neggrad_plus,salun,scrub'
-  config.study = dict(kind='sex', fraction=0.1, seeds=[0, 1])
+  config.study = dict(kind='sex', fraction=0.1, seeds=(0, 1))
   return config

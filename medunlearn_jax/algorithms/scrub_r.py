@@ -118,7 +118,8 @@ def make_select(problem: base.Problem):
     forget = accuracies(problem, snapshots, data['forget'], env)
     best = int(np.argmin(np.abs(forget - reference)))  # First (earliest) on ties.
     logging.info('scrub_r: held-out accuracy of the final model %.4f; forget accuracy per epoch %s; '
-                 'rewound to epoch %d of %d', reference, np.round(forget, 4).tolist(), best + 1, len(forget))
+                 'rewound to epoch %d of %d', reference, ' '.join(f'{a:.4f}' for a in forget), best + 1,
+                 len(forget))
     replicated = jax.sharding.NamedSharding(env.mesh, jax.sharding.PartitionSpec())
     return jax.jit(lambda s: jax.tree.map(lambda x: x[best], s), out_shardings=replicated)(snapshots)
 

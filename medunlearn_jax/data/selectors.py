@@ -86,7 +86,8 @@ def select(train: ds_lib.Split, config_like: Mapping[str, Any], *, seed: int,
 
   Keys whose value is None are dropped, so one config schema can carry the fields of several selectors.
   With `ignore_unused`, keys the selector does not take are dropped too (an experiment config carries the
-  fields of every selector; its keys are already checked by the locked ConfigDict).
+  fields of every selector; its keys are already checked by the locked ConfigDict), and a `count` that is
+  set replaces the config's `fraction`.
   A ConfigDict is accepted as well as a Mapping.
 
   Raises:
@@ -102,6 +103,9 @@ def select(train: ds_lib.Split, config_like: Mapping[str, Any], *, seed: int,
   accepted, required = _params_of(fn)
   if ignore_unused:
     params = {k: v for k, v in params.items() if k in accepted}
+    if params.get('count') is not None and 'fraction' in params:
+      # An experiment config always carries a fraction (its default); a count, when set, replaces it.
+      del params['fraction']
   unknown = sorted(set(params) - accepted)
   if unknown:
     raise errors.UserError(f'forget selector {name!r} does not take {unknown}; it takes {sorted(accepted)}')
