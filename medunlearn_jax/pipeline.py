@@ -363,8 +363,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   kernels = model_kernels(config)  # 'native' where it cannot run fails here, before any work.
   workdir = pathlib.Path(workdir).absolute()
   check_workdir(config, workdir)
+  check_stages(config, workdir)
   hold_workdir(workdir)  # A second launch on this workdir is refused here, in seconds.
-  check_workdir(config, workdir)  # Again under the lock: another run may have just written its config.
+  # Again under the lock: another run may have just written its config or stages.
+  check_workdir(config, workdir)
   check_stages(config, workdir)
   if jax.process_count() > 1:  # Process 0 builds the dataset; the others read what it built.
     if is_writer():
