@@ -45,8 +45,10 @@ class StageCheckpoints:
     with _quiet():
       self._manager = ocp.CheckpointManager(
           self.directory,
+          # A save killed midway leaves `<step>.orbax-checkpoint-tmp-*`: Orbax removes it (in the background,
+          # done before the next save; on the primary host only).
           options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=False),
+                                               enable_async_checkpointing=False, cleanup_tmp_directories=True),
           # Handlers named up front, so that a fresh manager can read a saved tree's metadata.
           item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 

@@ -1,6 +1,8 @@
 """The step engine: deterministic batches, 1 vs 8 devices, resume after a crash, NaN stop, padded eval."""
 import dataclasses
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,24 @@ def test_resume_after_crash_gives_same_parameters(tmp_path):
   assert cost_again.steps == 10
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(again)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_save_killed_midway_leaves_no_temporary_folder(tmp_path):
+  _train(engine.make_mesh(), tmp_path / 'ck', checkpoint_every=3)
+  steps = sorted(p.name for p in (tmp_path / 'ck').iterdir())
+  # What Orbax leaves when a save of step 12 is killed before its atomic rename.
+  partial = tmp_path / 'ck' / '12.orbax-checkpoint-tmp-1765000000000000'
+  (partial / 'state').mkdir(parents=True)
+  (partial / 'state' / 'half_written').write_bytes(b'x')
+  checkpoints = ckpt_lib.StageCheckpoints(tmp_path / 'ck')
+  try:
+    assert checkpoints.latest_step() == 10
+    deadline = time.monotonic() + 30  # Orbax cleans up in the background (and before any next save).
+    while partial.exists() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not partial.exists() and sorted(p.name for p in (tmp_path / 'ck').iterdir()) == steps
+  finally:
+    checkpoints.close()
 
 
 def test_nan_loss_stops_without_saving(tmp_path):
