@@ -1,18 +1,27 @@
 """The shared shape of every launcher: `--config` (an ml_collections config file with overrides) and
 `--workdir`, bad input reported as one line with exit code 2, optional multi-process initialisation."""
+import contextlib
 import importlib.util
+import logging as std_logging
+import os
 import pathlib
 import re
 import sys
+import tempfile
+import threading
+import time
+import traceback
 from typing import Any, Callable
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
 
 from medunlearn_jax import errors
+from medunlearn_jax import pipeline
 
 # No default file: ml_collections would load it (and apply overrides) at import time, outside the
 # one-line error handling below.
@@ -95,9 +104,84 @@ def config_help(path: str) -> str:
   return '\n'.join(lines)
 
 
+class _OneLineFormatter(logging.PythonFormatter):
+  """absl's stderr format without the traceback a record carries (that goes to the run log and the
+  traceback file): a failing background thread adds one line to the console, not a wall."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    saved = record.exc_info, record.exc_text, record.stack_info
+    record.exc_info = record.exc_text = record.stack_info = None
+    try:
+      return super().format(record)
+    finally:
+      record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class QuietTracebacks:
+  """Keeps tracebacks off the console while a job runs (unless --verbosity >= 1): those of background
+  threads (Orbax and TensorStore writers), of 'exception ignored' reports and of logged errors are collected
+  in `captured`, for the traceback file a failure writes."""
+
+  def __init__(self):
+    self.captured: list[str] = []
+
+  def _keep(self, kind: str, exc_type, value, tb) -> None:
+    self.captured.append(f'--- {kind}\n' + ''.join(traceback.format_exception(exc_type, value, tb)))
+
+  def __enter__(self) -> 'QuietTracebacks':
+    self._saved = (sys.excepthook, threading.excepthook, sys.unraisablehook,
+                   logging.get_absl_handler().python_handler.formatter)
+    sys.excepthook = lambda t, v, tb: self._keep('uncaught', t, v, tb)
+    threading.excepthook = lambda a: self._keep(f'thread {a.thread.name if a.thread else "?"}', a.exc_type,
+                                                a.exc_value, a.exc_traceback)
+    sys.unraisablehook = lambda u: self._keep(f'ignored in {u.object!r}', u.exc_type, u.exc_value, u.exc_traceback)
+    logging.get_absl_handler().python_handler.setFormatter(_OneLineFormatter())
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    sys.excepthook, threading.excepthook, sys.unraisablehook, formatter = self._saved
+    logging.get_absl_handler().python_handler.setFormatter(formatter)
+
+
+def save_traceback(error: BaseException, workdir: str, captured: list[str]) -> str | None:
+  """Appends the failure's traceback (and any collected from background threads) to the run log of
+  `workdir` when it has one, else to a file in the temp folder; returns where, or None if nothing could be
+  written (a full disk can refuse both)."""
+  text = (f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} failure (process {os.getpid()})\n'
+          + ''.join(traceback.format_exception(error)) + ''.join(captured))
+  run_log = pathlib.Path(workdir) / pipeline.RUN_LOG
+  candidates = ([run_log] if run_log.is_file() else []) + [
+      pathlib.Path(tempfile.gettempdir()) / f'medunlearn-traceback-{os.getpid()}.txt']
+  for path in candidates:
+    try:
+      with open(path, 'a') as f:
+        f.write(text)
+      return str(path)
+    except OSError:
+      continue
+  return None
+
+
+def fail_on_system_error(message: str, where: str | None) -> None:
+  """Reports a machine-side failure as one line and exits with status 1 at once: Orbax and TensorStore
+  threads still winding down would otherwise print tracebacks while the interpreter shuts down. Written
+  checkpoints are complete (Orbax renames a save into place only when it has finished)."""
+  hint = f'full traceback in {where}' if where else 'run with --verbosity=1 for the full traceback'
+  print(f'error: {message} ({hint})', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  std_logging.shutdown()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def run(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   """Parses flags and runs `job(config, workdir)`; `config.distributed` initialises multi-process JAX.
-  `--help` lists the flags and the config's keys with their defaults, and exits 0."""
+
+  `--help` lists the flags and the config's keys with their defaults, and exits 0. Bad input ends with one
+  `error:` line and exit status 2; a disk that is full or read-only, or memory that runs out, with one
+  `error:` line naming the cause and the fix, and status 1; the full traceback is printed only with
+  `--verbosity=1`, and otherwise kept in the workdir's run log (or a temp file it names).
+  """
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     given = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--config=')]
     try:
@@ -117,9 +201,21 @@ def run(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
       jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                  process_id=_PROCESS_ID.value)
+    verbose = logging.get_verbosity() >= logging.DEBUG
+    quiet = QuietTracebacks()
     try:
-      job(config, _WORKDIR.value)
+      with contextlib.nullcontext() if verbose else quiet:
+        job(config, _WORKDIR.value)
     except errors.UserError as e:
       fail('', e)
+    except Exception as e:  # pylint: disable=broad-except  # Bugs are re-raised with their traceback.
+      message = errors.system_failure(e, _WORKDIR.value)
+      if message is None:
+        for text in quiet.captured:
+          print(text, file=sys.stderr)
+        raise
+      if verbose:
+        traceback.print_exception(e)
+      fail_on_system_error(message, save_traceback(e, _WORKDIR.value, quiet.captured))
 
   app.run(main, flags_parser=parse_flags)

@@ -20,6 +20,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging as std_logging
 import os
 import pathlib
 import socket
@@ -173,8 +174,33 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
 
 
 LOCK_FILE = '.lock'
+RUN_LOG = 'logs/run.log'
 # Workdir -> (open descriptor holding its lock, whether this run created the workdir), in this process.
 _HELD_LOCKS: dict[pathlib.Path, tuple[int, bool]] = {}
+# Workdir -> the handler copying this process's log into its run log.
+_RUN_LOGS: dict[pathlib.Path, std_logging.Handler] = {}
+
+
+class _RunLogHandler(std_logging.FileHandler):
+  """A file handler that stays silent when the file cannot be written (a full or read-only disk): that
+  failure reaches the run itself and is reported there in one line, not as one traceback per log record."""
+
+  def handleError(self, record: std_logging.LogRecord) -> None:
+    del record
+
+
+def log_to_workdir(workdir: pathlib.Path) -> None:
+  """Appends everything logged (by us and by the libraries, tracebacks included) to `workdir/logs/run.log`
+  until `release_workdir`; the console may show less (see `experiments/launch.py`)."""
+  workdir = workdir.absolute()
+  if not is_writer() or workdir in _RUN_LOGS:
+    return
+  path = workdir / RUN_LOG
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handler = _RunLogHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  std_logging.getLogger().addHandler(handler)
+  _RUN_LOGS[workdir] = handler
 
 
 def hold_workdir(workdir: pathlib.Path) -> None:
@@ -203,6 +229,10 @@ def release_workdir(workdir: pathlib.Path) -> None:
   """Releases this process's lock on `workdir` (no-op when it holds none); a workdir this run created
   and left empty (it failed before writing anything) is removed with its lock file."""
   workdir = workdir.absolute()
+  handler = _RUN_LOGS.pop(workdir, None)
+  if handler is not None:
+    std_logging.getLogger().removeHandler(handler)
+    handler.close()
   fd, created = _HELD_LOCKS.pop(workdir, (None, False))
   if fd is None:
     return
@@ -383,6 +413,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Expe
   if is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+    log_to_workdir(workdir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('workdir ready')
   logging.info('dataset %s %dpx: %s; %d devices', config.dataset.name, config.dataset.image_size,

@@ -228,6 +228,111 @@ def test_a_second_launch_on_a_locked_workdir_is_refused_in_one_line(tmp_path, sy
   pipeline.release_workdir(workdir)
 
 
+def test_system_failures_are_named_with_what_to_do():
+  import errno  # pylint: disable=g-import-not-at-top
+  orbax_thread = ValueError('RESOURCE_EXHAUSTED: Error writing "params.conv0/0" in OCDBT database at local file '
+                            '"/w/checkpoints/retrain/14.orbax-checkpoint-tmp/": Failed writing: [OS error 28]')
+  try:  # As Orbax re-raises a writer thread's error from the main thread.
+    try:
+      raise orbax_thread
+    except ValueError as inner:
+      raise RuntimeError('save failed') from inner
+  except RuntimeError as e:
+    wrapped = e
+  cases = [
+      (OSError(errno.ENOSPC, 'No space left on device', '/w/results.json'), 'disk full: '),
+      (wrapped, 'disk full: RESOURCE_EXHAUSTED: Error writing "params.conv0/0"'),
+      (OSError(errno.EROFS, 'Read-only file system', '/w/.lock'), 'read-only file system: cannot write /w/.lock'),
+      (PermissionError(errno.EACCES, 'Permission denied', '/w/x'), 'permission denied: cannot write /w/x'),
+      (MemoryError(), 'out of memory (MemoryError)'),
+      (RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB'), 'out of memory ('),
+  ]
+  for error, start in cases:
+    message = errors.system_failure(error, '/w')
+    assert message.startswith(start) and '\n' not in message, message
+    assert 'run the same command again' in message
+  assert 'df -h' in errors.system_failure(cases[0][0], '/w')
+  # A bug is not a system failure: the launcher re-raises it with its traceback.
+  assert errors.system_failure(KeyError('params'), '/w') is None
+  assert errors.system_failure(FileNotFoundError(errno.ENOENT, 'No such file', '/w/x'), '/w') is None
+
+
+def test_a_corrupt_built_dataset_is_one_error_naming_the_folder_to_delete(tmp_path, synthetic_medmnist):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  cfg = small_config().dataset
+  _, splits = data_lib.load(cfg)
+  build = next((tmp_path / 'tfds').glob('medmnist/pneumoniamnist_28/*/'))
+  shard = next(build.glob('*train.array_record*'))
+  damaged = bytearray(shard.read_bytes())
+  damaged[1000:1400] = bytes(b ^ 0x5A for b in damaged[1000:1400])  # Bit rot inside a chunk.
+  shard.write_bytes(bytes(damaged))
+  with pytest.raises(errors.DataError, match=f'the built dataset in {build} cannot be read .*Corrupted.*delete that '
+                     'folder and run again to rebuild it'):
+    data_lib.load(cfg)
+  shard.write_bytes(bytes(damaged[:len(damaged) // 3]))  # A copy cut short.
+  with pytest.raises(errors.DataError, match='delete that folder'):
+    data_lib.load(cfg)
+  shutil.rmtree(build)  # What the message says to do rebuilds the same dataset.
+  _, again = data_lib.load(cfg)
+  np.testing.assert_array_equal(again['train'].ids, splits['train'].ids)
+  np.testing.assert_array_equal(again['train'].images, splits['train'].images)
+
+
+FAILURE_SCRIPT = r"""
+set -u
+W=$1; shift
+mount -t tmpfs -o size=1200k tmpfs "$W"       # Room for the original's checkpoint, not for the retrained one's.
+"$@" --workdir="$W/run" >"$W.out1" 2>&1; echo $? >"$W.rc1"
+mount -o remount,size=40m "$W"                 # The user frees space and runs the same command again.
+"$@" --workdir="$W/run" >"$W.out2" 2>&1; echo $? >"$W.rc2"
+mount -o remount,ro "$W"                       # The same workdir, now read-only.
+"$@" --workdir="$W/run" >"$W.out3" 2>&1; echo $? >"$W.rc3"
+"$@" --workdir="$W/run" --verbosity=1 >"$W.out4" 2>&1; echo $? >"$W.rc4"
+cp -r "$W/run" "$W.copy"
+"""
+
+
+def test_disk_full_and_a_read_only_workdir_end_in_one_line_and_lose_nothing(tmp_path, synthetic_medmnist):
+  # Real failures, not mocks: the workdir is a 1.2 MB tmpfs in a private mount namespace (unshare -rm needs no
+  # privileges where user namespaces are enabled), filled by the run's own checkpoints, then made read-only.
+  import shutil  # pylint: disable=g-import-not-at-top
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  if not shutil.which('unshare') or subprocess.run(['unshare', '-rm', 'true'], capture_output=True).returncode:
+    pytest.skip('unshare -rm (a private mount namespace) is not available here')
+  data_lib.load(small_config().dataset)  # Built here, where the synthetic file's checksum is accepted.
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  args = ['--config=experiments/configs/default.py', '--config.train.epochs=2', '--config.algorithms=finetune',
+          '--config.algo.finetune.epochs=1', '--config.batch_size=32', '--config.evaluation.attack_seeds=1',
+          '--config.evaluation.n_boot=200']
+  proc = subprocess.run(['unshare', '-rm', 'sh', '-c', FAILURE_SCRIPT, 'sh', str(mount), sys.executable, '-m',
+                         'experiments.run', *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = {k: (tmp_path / f'disk.out{k}').read_text() for k in range(1, 5)}
+  rc = {k: int((tmp_path / f'disk.rc{k}').read_text()) for k in range(1, 5)}
+
+  # Disk full: one line naming the cause and the fix, no traceback; the traceback is kept in the file it names.
+  copy = tmp_path / 'disk.copy'
+  lines = cli_error_lines(out[1])
+  assert rc[1] == 1 and len(lines) == 1 and 'Traceback' not in out[1], out[1][-3000:]
+  assert lines[0].startswith('error: disk full: ') and 'run the same command again' in lines[0]
+  kept = pathlib.Path(lines[0].rsplit('full traceback in ', 1)[1].rstrip(')'))
+  if kept.is_relative_to(mount / 'run'):  # The run log, when the full disk still took it; copied out below.
+    kept = tmp_path / 'disk.copy' / kept.relative_to(mount / 'run')
+  assert 'Traceback' in kept.read_text()
+  # Nothing lost: the finished original is loaded, not retrained, and the run completes.
+  assert rc[2] == 0, out[2][-3000:]
+  assert 'stage original: finished earlier, loading' in out[2]
+  assert 'stage finetune: starting' in (copy / pipeline.RUN_LOG).read_text()
+  assert json.loads((copy / 'results.json').read_text())['models']['finetune']['test']['n'] == 40
+  # Read-only: one line (the full traceback only with --verbosity=1), and the finished run is untouched.
+  lines = cli_error_lines(out[3])
+  assert rc[3] == 1 and len(lines) == 1 and 'Traceback' not in out[3], out[3][-3000:]
+  assert lines[0].startswith(f'error: read-only file system: cannot write {mount}/run/.lock')
+  assert rc[4] == 1 and 'Traceback' in out[4] and len(cli_error_lines(out[4])) == 1
+
+
 def test_help_lists_the_config_keys_with_defaults_and_docs(tmp_path):
   proc = run_cli('--config=experiments/configs/default.py', '--help', env=dict(os.environ))
   assert proc.returncode == 0, proc.stderr[-2000:]

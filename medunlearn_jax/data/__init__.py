@@ -58,8 +58,11 @@ def read_splits(builder: tfds.core.DatasetBuilder, names: tuple[str, ...] = ('tr
   in multi-process runs), where each process reads image rows on demand, only those of its own devices.
   """
   lazy = jax.process_count() > 1 if lazy_images is None else lazy_images
-  sources = builder.as_data_source()
-  skipping = (builder.as_data_source(decoders={ds_lib.IMAGE: tfds.decode.SkipDecoding()}) if lazy else None)
+  try:
+    sources = builder.as_data_source()
+    skipping = (builder.as_data_source(decoders={ds_lib.IMAGE: tfds.decode.SkipDecoding()}) if lazy else None)
+  except (RuntimeError, ValueError) as e:
+    raise ds_lib.corrupt_build(builder.data_dir, e) from e
   out = {}
   for name in names:
     if name not in sources:
@@ -67,11 +70,12 @@ def read_splits(builder: tfds.core.DatasetBuilder, names: tuple[str, ...] = ('tr
     source = sources[name]
     rows = list(range(len(source)))
     if not lazy:
-      out[name] = ds_lib.records_to_split(name, source.__getitems__(rows))
+      out[name] = ds_lib.records_to_split(name, ds_lib.read_records(source, rows, builder.data_dir))
       continue
     # Image i is record i; records_to_split reorders both by id.
-    images = ds_lib.SourceImages(source, np.asarray(rows), tuple(builder.info.features[ds_lib.IMAGE].shape))
-    out[name] = ds_lib.records_to_split(name, skipping[name].__getitems__(rows), images=images)
+    images = ds_lib.SourceImages(source, np.asarray(rows), tuple(builder.info.features[ds_lib.IMAGE].shape),
+                                  builder.data_dir)
+    out[name] = ds_lib.records_to_split(name, ds_lib.read_records(skipping[name], rows, builder.data_dir), images=images)
   return out
 
 

@@ -20,6 +20,22 @@ SEX, AGE, PATIENT_ID = 'sex', 'age', 'patient_id'
 SEX_VALUES = ('F', 'M')
 
 
+def read_records(source: Any, rows: Sequence[int], directory: str) -> list[Any]:
+  """`source.__getitems__(rows)`, with a damaged built file (a failing disk, a copy cut short) reported as a
+  `DataError` that says which build to delete; array_record raises RuntimeError for a bad checksum or end."""
+  try:
+    return source.__getitems__(list(rows))
+  except (RuntimeError, ValueError) as e:
+    raise corrupt_build(directory, e) from e
+
+
+def corrupt_build(directory: Any, error: BaseException) -> errors.DataError:
+  """The one-line error for a built dataset that cannot be read back."""
+  cause = ' '.join(str(error).split())[:200]
+  return errors.DataError(f'the built dataset in {directory} cannot be read ({type(error).__name__}: {cause}); '
+                          'delete that folder and run again to rebuild it from the raw files')
+
+
 class SourceImages:
   """The images of a split, read on demand from a TFDS data source (array_record random access).
 
@@ -28,8 +44,9 @@ class SourceImages:
   Indexing with an array of positions returns a uint8 array; `subset` returns a lazy view.
   """
 
-  def __init__(self, source: Any, rows: np.ndarray, image_shape: tuple[int, ...]):
+  def __init__(self, source: Any, rows: np.ndarray, image_shape: tuple[int, ...], directory: str = ''):
     self._source, self._rows, self._image_shape = source, np.asarray(rows, np.int64), tuple(image_shape)
+    self._directory = directory  # The build's folder, named by the error for a damaged file.
 
   def __len__(self) -> int:
     return len(self._rows)
@@ -41,13 +58,13 @@ class SourceImages:
   dtype = np.dtype(np.uint8)
 
   def subset(self, index: np.ndarray) -> 'SourceImages':
-    return SourceImages(self._source, self._rows[index], self._image_shape)
+    return SourceImages(self._source, self._rows[index], self._image_shape, self._directory)
 
   def __getitem__(self, index) -> np.ndarray:
     rows = np.atleast_1d(self._rows[index])
     if rows.size == 0:
       return np.zeros((0, *self._image_shape), np.uint8)
-    records = self._source.__getitems__([int(r) for r in rows])
+    records = read_records(self._source, [int(r) for r in rows], self._directory)
     return np.stack([np.asarray(r[IMAGE], np.uint8) for r in records])
 
 
