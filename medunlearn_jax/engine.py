@@ -205,16 +205,28 @@ class Cost:
   """What a stage cost: wall-clock seconds without compilation (the training loop plus the algorithm's
   set-up, e.g. a saliency or Fisher pass, also counted alone as `prepare_seconds`), compile seconds,
   optimizer steps, examples processed (real, unpadded rows over all streams), and XLA's FLOP estimate of
-  the steps."""
+  the steps and of the set-up's programs (the latter also alone as `prepare_flops`)."""
   seconds: float = 0.0
   prepare_seconds: float = 0.0
   compile_seconds: float = 0.0
   steps: int = 0
   examples: int = 0
   flops: float = 0.0
+  prepare_flops: float = 0.0
 
   def to_json(self) -> dict[str, float]:
     return dataclasses.asdict(self)
+
+  @classmethod
+  def setup(cls, seconds: float, flops: float) -> 'Cost':
+    """The cost of an algorithm's set-up alone (its `prepare`, `derive_sets` or `select`)."""
+    return cls(seconds=seconds, prepare_seconds=seconds, flops=flops, prepare_flops=flops)
+
+  def add_setup(self, other: 'Cost') -> None:
+    self.seconds += other.seconds
+    self.prepare_seconds += other.prepare_seconds
+    self.flops += other.flops
+    self.prepare_flops += other.prepare_flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +341,7 @@ def with_derived_sets(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split
 def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], params: PyTree, context: PyTree,
               *, mesh: jax.sharding.Mesh, options: RunOptions, checkpoints: ckpt_lib.StageCheckpoints | None = None,
               meta: Mapping[str, Any] | None = None, on_step: Callable[[int], None] | None = None,
-              prepare_seconds: float = 0.0, on_epoch: Callable[[int, PyTree], None] | None = None,
+              setup: Cost | None = None, on_epoch: Callable[[int, PyTree], None] | None = None,
               stock_layers: Callable[[], ContextManager[Any]] | None = None) -> tuple[TrainState, Cost]:
   """Runs an algorithm's data plan from `params`, resuming from `checkpoints` when it holds a state.
 
@@ -342,8 +354,8 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
     checkpoints: where to save/resume; None runs without checkpoints.
     meta: extra metadata stored with every checkpoint (e.g. hyper-parameters, data fingerprint).
     on_step: called with the global step after each step (used by tests to simulate a crash).
-    prepare_seconds: time the algorithm's `prepare` took, added to a fresh run's cost (a resumed run
-      keeps the cost recorded in its checkpoint).
+    setup: what the algorithm's `prepare` cost (`Cost.setup`: seconds and FLOPs), added to a fresh run's
+      cost with that of `derive_sets` and `select` (a resumed run keeps the cost recorded in its checkpoint).
     on_epoch: called with (epoch, params) whenever the first phase completes an epoch of its driver
       stream (e.g. to record learning dynamics); its time is not counted in the cost.
     stock_layers: the model's `Problem.stock_layers`; FLOPs are counted on the step traced inside it.
@@ -356,10 +368,11 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
     NonFiniteLossError: a loss became NaN/inf; nothing is saved after the last finite step.
   """
   check_batch_size(options.batch_size, mesh)
-  env = Env(mesh, options.batch_size, options.seed)
+  env = Env(mesh, options.batch_size, options.seed, stock_layers=stock_layers)
   t_derive = time.perf_counter()
   data = with_derived_sets(algorithm, data, params, env)
-  prepare_seconds += time.perf_counter() - t_derive
+  setup = dataclasses.replace(setup or Cost())
+  setup.add_setup(Cost.setup(time.perf_counter() - t_derive, env.spent.flops))
   for phase in algorithm.phases:
     for stream in phase.streams:
       if stream not in data or len(data[stream]) == 0:
@@ -373,7 +386,7 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
   # The optimizer state on disk belongs to the phase of the last step taken before it was saved.
   state = create_state(_optimizer_at(txs, n_steps, max((resume_step or 0) - 1, 0), algorithm.tx),
                        params, context, mesh)
-  cost = Cost(seconds=prepare_seconds, prepare_seconds=prepare_seconds)
+  cost = setup
   meta = dict(meta or {})
   if resume_step is not None:
     state, saved = checkpoints.restore(ckpt_lib.abstract_like(state))
@@ -470,9 +483,11 @@ def run_state(algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split], param
   if last_metrics is not None:
     check_finite(last_metrics, last_step)
   if algorithm.select is not None and start < total:
+    cost.seconds += time.perf_counter() - loop_start
+    t_select, flops_before = time.perf_counter(), env.spent.flops
     state = state.replace(params=algorithm.select(state.params, state.opt_state, data, env))
     jax.block_until_ready(state)
-    cost.seconds += time.perf_counter() - loop_start
+    cost.add_setup(Cost.setup(time.perf_counter() - t_select, env.spent.flops - flops_before))
     save(total)
   if total == 0 and start == 0:
     # A training-free algorithm (SSD) still records that its stage finished, with its prepare cost.
@@ -508,21 +523,50 @@ def finish_params(algorithm: base.Algorithm, params: PyTree, mesh: jax.sharding.
 # ---------------------------------------------------------------------------------------------------------
 # Set-up computations of algorithms and prediction.
 
+@dataclasses.dataclass
+class Spent:
+  """FLOPs of the programs an `Env` ran (XLA's estimate per call; the set-up part of a stage's cost)."""
+  flops: float = 0.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Env:
   """What an algorithm's `prepare` (and its other hooks) may use: the mesh, the batch size, data-parallel
   reductions and per-example outputs, and the training record of algorithms that need one (Amnesiac's
-  summed updates of the original's forget batches, provided by the pipeline)."""
+  summed updates of the original's forget batches, provided by the pipeline).
+
+  Every program run through `jit`, `reduce` or `per_example` adds its FLOPs to `spent`, so that a set-up
+  pass (SSD's Fisher importances, an influence vector) is part of the stage's FLOP cost, counted on the
+  stock-layer program when `stock_layers` is given.
+  """
   mesh: jax.sharding.Mesh
   batch_size: int
   seed: int = 0
   record: PyTree = None
+  stock_layers: Callable[[], ContextManager[Any]] | None = None
+  spent: Spent = dataclasses.field(default_factory=Spent)
+
+  def jit(self, fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+    """`jax.jit(fn, **jit_kwargs)` whose every call adds the program's FLOPs to `spent` (counted once
+    per distinct argument shapes)."""
+    jitted = jax.jit(fn, **jit_kwargs)
+    per_signature: dict[Any, float] = {}
+
+    def call(*args):
+      signature = (jax.tree.structure(args),
+                   tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in jax.tree.leaves(args)))
+      if signature not in per_signature:
+        per_signature[signature] = program_flops(jitted.lower(*args), fn, args, self.stock_layers)
+      self.spent.flops += per_signature[signature]
+      return jitted(*args)
+
+    return call
 
   def per_example(self, fn: Callable[[PyTree, base.Batch], jax.Array], params: PyTree,
                   split: ds_lib.Split) -> np.ndarray:
     """`fn(params, batch) -> (B, ...)` for every example of `split`, in order (padded rows dropped), jitted
     once and data-parallel."""
-    call = jax.jit(fn, out_shardings=replicated(self.mesh))
+    call = self.jit(fn, out_shardings=replicated(self.mesh))
     return predict_split(call, params, split, batch_size=self.batch_size, mesh=self.mesh)
 
   def reduce(self, fn: Callable[[PyTree, base.Batch], PyTree], params: PyTree, split: ds_lib.Split,
@@ -532,8 +576,7 @@ class Env:
     `fn` must itself weight rows by `batch['mask']` (the last batch is padded). Used for gradients of a
     loss over a whole set (saliency masks, Fisher importances) without a private loop.
     """
-    call = jax.jit(fn if extra is None else (lambda p, b: fn(p, b, extra)),
-                   out_shardings=replicated(self.mesh))
+    call = self.jit(fn if extra is None else (lambda p, b: fn(p, b, extra)), out_shardings=replicated(self.mesh))
     total = None
     n_batches = math.ceil(len(split) / self.batch_size)
     t0 = t_log = time.perf_counter()

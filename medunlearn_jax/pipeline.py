@@ -327,7 +327,7 @@ def check_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> No
 
 
 def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapping[str, ds_lib.Split],
-              params: Any, context: Any, on_step=None, prepare_seconds: float = 0.0, on_epoch=None
+              params: Any, context: Any, on_step=None, setup: engine.Cost | None = None, on_epoch=None
               ) -> tuple[Any, engine.Cost]:
   """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
   checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
@@ -337,7 +337,7 @@ def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapp
     logging.info('stage %s: %s', stage, 'starting' if saved is None else
                  ('finished earlier, loading' if saved.get('done') else 'resuming'))
     return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
-                      checkpoints=checkpoints, meta=meta, on_step=on_step, prepare_seconds=prepare_seconds,
+                      checkpoints=checkpoints, meta=meta, on_step=on_step, setup=setup,
                       on_epoch=on_epoch, stock_layers=exp.problem.stock_layers)
   finally:
     checkpoints.close()
@@ -489,16 +489,16 @@ def make_algorithm(exp: Experiment, name: str, hparams: ml_collections.ConfigDic
 
 
 def prepare_algorithm(exp: Experiment, algorithm: base.Algorithm, original_params: Any
-                      ) -> tuple[Any, Any, float]:
-  """Runs `algorithm.prepare`: (starting parameters, context, seconds it took)."""
+                      ) -> tuple[Any, Any, engine.Cost]:
+  """Runs `algorithm.prepare`: (starting parameters, context, what it cost: seconds and FLOPs)."""
   c = exp.config
   rng = jax.random.fold_in(jax.random.key(c.seed), zlib.crc32(algorithm.name.encode()))
   record = (training_record(exp, original_params) if algorithms.get(algorithm.name).needs_record else None)
+  env = engine.Env(exp.mesh, c.batch_size, c.seed, record=record, stock_layers=exp.problem.stock_layers)
   t0 = time.perf_counter()
-  start, context = algorithm.prepare(original_params, exp.splits, rng,
-                                     engine.Env(exp.mesh, c.batch_size, c.seed, record=record))
+  start, context = algorithm.prepare(original_params, exp.splits, rng, env)
   jax.block_until_ready((start, context))
-  return start, context, time.perf_counter() - t0
+  return start, context, engine.Cost.setup(time.perf_counter() - t0, env.spent.flops)
 
 
 def training_record(exp: Experiment, original_params: Any) -> Any:
@@ -529,8 +529,9 @@ def training_record(exp: Experiment, original_params: Any) -> Any:
 
 
 def build_algorithm(exp: Experiment, name: str, original_params: Any,
-                    hparams: ml_collections.ConfigDict | None = None) -> tuple[base.Algorithm, Any, Any, float]:
-  """An algorithm of the run with its starting parameters, context and the seconds `prepare` took."""
+                    hparams: ml_collections.ConfigDict | None = None
+                    ) -> tuple[base.Algorithm, Any, Any, engine.Cost]:
+  """An algorithm of the run with its starting parameters, context and what `prepare` cost."""
   algorithm = make_algorithm(exp, name, hparams)
   return (algorithm, *prepare_algorithm(exp, algorithm, original_params))
 
@@ -560,8 +561,8 @@ def run_algorithm_stage(exp: Experiment, name: str, original_params: Any) -> tup
   finished = load_finished_stage(exp, name, algorithm)
   if finished is not None:
     return finished
-  start, context, prepare_seconds = prepare_algorithm(exp, algorithm, original_params)
-  return run_stage(exp, name, algorithm, exp.splits, start, context, prepare_seconds=prepare_seconds)
+  start, context, setup = prepare_algorithm(exp, algorithm, original_params)
+  return run_stage(exp, name, algorithm, exp.splits, start, context, setup=setup)
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

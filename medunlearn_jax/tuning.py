@@ -89,13 +89,13 @@ def tune_algorithm(exp: pipeline.Experiment, name: str, original: Any, reference
   points = []
   for setting in settings:
     hp = _with(base_hp, dict(setting, **({'lr': lrs[0]} if lrs else {})))
-    algorithm, start, context, prepare_seconds = pipeline.build_algorithm(exp, name, original, hp)
+    algorithm, start, context, setup = pipeline.build_algorithm(exp, name, original, hp)
     k = len(lrs) if lrs else 1
     stacked, cost = sweeps.run_population(algorithm, exp.splits, start, context, mesh=exp.mesh,
                                           options=exp.options, seeds=[c.seed] * k,
                                           lr_scales=[lr / lrs[0] for lr in lrs] if lrs else None,
                                           stock_layers=exp.problem.stock_layers)
-    cost.seconds += prepare_seconds
+    cost.add_setup(setup)
     _add(search, cost, k)
     logits = populations_lib.population_outputs(exp.problem, stacked, exp.splits, names=SPLITS,
                                                  batch_size=c.eval_batch_size, mesh=exp.mesh)
@@ -106,10 +106,10 @@ def tune_algorithm(exp: pipeline.Experiment, name: str, original: Any, reference
                      'test_gap': avg_gap_test(acc, reference)})
   best = min(range(len(points)), key=lambda i: (points[i]['val_gap'], i))
   chosen = points[best]
-  algorithm, start, context, prepare_seconds = pipeline.build_algorithm(
+  algorithm, start, context, setup = pipeline.build_algorithm(
       exp, name, original, _with(base_hp, chosen['hparams']))
   _, alone = engine.run(algorithm, exp.splits, start, context, mesh=exp.mesh, options=exp.options,
-                        prepare_seconds=prepare_seconds, stock_layers=exp.problem.stock_layers)
+                        setup=setup, stock_layers=exp.problem.stock_layers)
   logging.info('tuning %s: %d points, chosen %s (val gap %.4f)', name, len(points), chosen['hparams'],
                chosen['val_gap'])
   return {'dims': sorted({d for p in points for d in p['hparams']}), 'points': points, 'chosen': chosen,

@@ -3,6 +3,8 @@
 A tiny synthetic task (8x8 images, small CNN) with an "original" model trained by ERM through the engine;
 every algorithm is built from the registry, prepared and run through `engine.run`, as in the pipeline.
 """
+import logging as std_logging
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -264,6 +266,30 @@ def test_ssd_dampens_exactly_the_selected_weights_by_beta(task):
     n_selected += int(selected.sum())
     n_total += selected.size
   assert 0 < n_selected < n_total
+
+
+def test_a_set_up_pass_counts_its_flops_and_ssd_says_how_many_weights_it_dampened(task, caplog):
+  # SSD's cost is all set-up: one gradient per batch of the training and forget sets. Counted per batch on a
+  # gradient program built here (XLA's estimate of jax.grad of the mean loss), they must make up the stage's
+  # FLOPs (plus the squaring and the dampening, a few FLOPs per weight).
+  env = engine.Env(task.mesh, BATCH, seed=0)
+  algorithm = task.build('ssd', alpha=1.0, lam=0.5)  # Selects some weights on this task (the default none).
+  with caplog.at_level(std_logging.INFO):
+    start, context = algorithm.prepare(task.original, task.splits, jax.random.key(0), env)
+  split = task.splits['train']
+  batch = {'image': split.images[:BATCH], 'label': split.labels[:BATCH], 'mask': np.ones(BATCH, np.float32)}
+  loss = lambda p, b: base.masked_mean(base.per_example_loss(  # pylint: disable=g-long-lambda
+      base.forward(task.problem, p, b, train=False), b['label'], False), b['mask'])
+  grad_flops = engine.program_flops(jax.jit(jax.grad(loss)).lower(task.original, batch))
+  n_batches = sum(-(-len(task.splits[s]) // BATCH) for s in ('train', 'forget'))
+  assert grad_flops > 0 and 1.0 <= env.spent.flops / (n_batches * grad_flops) < 1.1, (env.spent.flops, grad_flops)
+  _, cost = engine.run(algorithm, task.splits, start, context, mesh=task.mesh, options=task.options,
+                       setup=engine.Cost.setup(1.5, env.spent.flops))
+  assert cost.flops == cost.prepare_flops == env.spent.flops and cost.prepare_seconds >= 1.5
+  total = sum(x.size for x in leaves(task.original))
+  message, = [r.getMessage() for r in caplog.records if r.getMessage().startswith('ssd: dampened')]
+  count = int(message.split()[2])
+  assert 0 < count < total and f'of {total} weights' in message
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def build(problem, hp, sizes, batch_size) -> base.Algorithm:
     var = noise_variance(fisher_diagonal(problem, params, data['retain'], env),
                          _masking.last_k_blocks(params, 1), hp.alpha)
     sharding = jax.sharding.NamedSharding(env.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(add_noise, out_shardings=sharding)(params, var, rng), {}
+    return env.jit(add_noise, out_shardings=sharding)(params, var, rng), {}
 
   return base.Algorithm(name='fisher', phases=(ssd.NO_STEPS,),
                         tx=optax.with_extra_args_support(optax.set_to_zero()), prepare=prepare,

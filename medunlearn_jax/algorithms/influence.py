@@ -98,7 +98,7 @@ def build(problem, hp, sizes, batch_size) -> base.Algorithm:
     retain = data['retain']
     rows = np.arange(min(len(retain), hp.woodfisher_samples + 2))  # The reference stops after index N + 1.
     sharding = jax.sharding.NamedSharding(env.mesh, jax.sharding.PartitionSpec())
-    step = jax.jit(lambda p, x, y, v: jax.tree.map(
+    step = env.jit(lambda p, x, y, v: jax.tree.map(
         lambda a, d: a + hp.alpha * d, p, woodfisher(problem, p, x, y, v, hp.woodfisher_samples)),
         out_shardings=sharding)
     return step(params, jnp.asarray(retain.images[rows]), jnp.asarray(retain.labels[rows], jnp.int32), v), {}

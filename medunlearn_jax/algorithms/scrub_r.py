@@ -121,7 +121,7 @@ def make_select(problem: base.Problem):
                  'rewound to epoch %d of %d', reference, ' '.join(f'{a:.4f}' for a in forget), best + 1,
                  len(forget))
     replicated = jax.sharding.NamedSharding(env.mesh, jax.sharding.PartitionSpec())
-    return jax.jit(lambda s: jax.tree.map(lambda x: x[best], s), out_shardings=replicated)(snapshots)
+    return env.jit(lambda s: jax.tree.map(lambda x: x[best], s), out_shardings=replicated)(snapshots)
 
   return select
 

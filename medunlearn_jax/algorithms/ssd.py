@@ -16,6 +16,7 @@ import functools
 import math
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -69,6 +70,12 @@ def dampen(params: PyTree, train_importance: PyTree, forget_importance: PyTree, 
   return jax.tree.map(one, params, train_importance, forget_importance)
 
 
+def dampened_count(train_importance: PyTree, forget_importance: PyTree, alpha: float) -> jax.Array:
+  """How many weights `dampen` selects (I_f > α·I_D)."""
+  return sum(jnp.sum(i_f > alpha * i_d) for i_d, i_f in zip(jax.tree.leaves(train_importance),
+                                                             jax.tree.leaves(forget_importance)))
+
+
 def _no_loss(params, batches, context, rng):
   del params, batches, context, rng
   return jnp.zeros(()), {}
@@ -86,7 +93,11 @@ def build(problem, hp, sizes, batch_size) -> base.Algorithm:
     del rng
     train_importance = importances(problem, params, data['train'], env)
     forget_importance = importances(problem, params, data['forget'], env)
-    return dampen(params, train_importance, forget_importance, hp.alpha, hp.lam), {}
+    count = int(env.jit(dampened_count)(train_importance, forget_importance, hp.alpha))
+    total = sum(x.size for x in jax.tree.leaves(params))
+    logging.info('ssd: dampened %d of %d weights (%.3f %%; I_f > %g·I_D)', count, total, 100 * count / total,
+                 hp.alpha)
+    return env.jit(dampen)(params, train_importance, forget_importance, hp.alpha, hp.lam), {}
 
   return base.Algorithm(name='ssd', phases=(NO_STEPS,), tx=optax.with_extra_args_support(optax.set_to_zero()),
                         prepare=prepare, hparams=hp.to_dict())

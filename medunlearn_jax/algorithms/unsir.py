@@ -91,8 +91,9 @@ def learn_noise(problem: base.Problem, hp: ml_collections.ConfigDict, params: Py
   quiet = max(hp.noise_steps, 1)  # Log once, at the end; nothing to checkpoint (no checkpoints given).
   options = engine.RunOptions(seed=env.seed, batch_size=env.batch_size, log_every_steps=quiet,
                               checkpoint_every_steps=quiet)
-  noise, _ = engine.run(noise_algorithm(problem, hp), {}, init, {_MODEL: params, NOISE_LABELS: labels},
-                        mesh=env.mesh, options=options, stock_layers=problem.stock_layers)
+  noise, cost = engine.run(noise_algorithm(problem, hp), {}, init, {_MODEL: params, NOISE_LABELS: labels},
+                           mesh=env.mesh, options=options, stock_layers=problem.stock_layers)
+  env.spent.flops += cost.flops  # The noise steps are part of UNSIR's set-up cost.
   return noise, labels
 
 
