@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -154,11 +155,54 @@ def test_report_files_and_plots(hand_workdir):
   relative_cost = float(rows[2]['seconds_vs_retrain'])  # From the hand-made costs, not a clock.
   assert float(rows[2]['UA']) == 0.75 and relative_cost == 0.2
   assert float(rows[2]['ulira_accuracy']) == 0.625 and rows[1]['forgetting_quality'] == ''
-  names = sorted(p.name for p in written['plots'])
-  assert names == ['accuracy.png', 'cost_vs_avg_gap.png', 'difficulty.png', 'difficulty_margin.png',
-                   'mia_avg_gap.png', 'subgroups_age.png', 'subgroups_class.png', 'subgroups_sex.png']
+  names = sorted(p.name for p in written['plots'])  # difficulty_margin: the same groups as difficulty.
+  assert names == ['accuracy.png', 'cost_vs_avg_gap.png', 'difficulty.png', 'mia_avg_gap.png',
+                   'subgroups_age.png', 'subgroups_class.png', 'subgroups_sex.png']
   for path in written['plots']:
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 5000
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+  """The tables of a markdown text, each a list of rows of cells (split at bars not escaped)."""
+  tables, current = [], []
+  for line in text.splitlines() + ['']:
+    if line.startswith('|'):
+      current.append([c.strip() for c in re.split(r'(?<!\\)\|', line.strip())[1:-1]])
+    elif current:
+      tables.append(current)
+      current = []
+  return tables
+
+
+def test_report_is_well_formed_and_plots_in_the_tables_units(hand_workdir, monkeypatch):
+  res = results_lib.evaluate_workdir(hand_workdir, n_boot=20)
+  # Two classes: the loss −log p_y and the margin 2·p_y − 1 rank the examples identically.
+  assert res['evaluation']['slices_same_groups'] == {'difficulty_margin': 'difficulty'}
+  figures = {}
+  real_save = report._save  # pylint: disable=protected-access
+  monkeypatch.setattr(report, '_save', lambda fig, path: figures.setdefault(path.name, fig) and real_save(fig, path))
+  report.write_report(hand_workdir, res)
+  markdown = (hand_workdir / 'results.md').read_text()
+  tables = markdown_tables(markdown)
+  assert len(tables) == 7  # Main, accuracy family; by sex, age, class, difficulty (margin: a note); cost.
+  for table in tables:
+    assert all(len(row) == len(table[0]) for row in table), table[0]
+  assert 'forget \\|acc. − retrain acc.\\|' in markdown
+  assert '**difficulty_margin** — the same groups as **difficulty**' in markdown and 'two-class task' in markdown
+  # Figures in % and points, as the tables: the original is right on every example (100 %, not 1.0).
+  accuracy, = figures['accuracy.png'].axes
+  assert max(bar.get_height() for bar in accuracy.patches) == 100.0 and '%' in accuracy.get_ylabel()
+  gap_axis = figures['mia_avg_gap.png'].axes[1]
+  algo_gap = 100 * res['models']['algo']['avg_gap']
+  assert any(abs(bar.get_height() - algo_gap) < 1e-9 for bar in gap_axis.patches) and algo_gap > 1
+  for name in ('subgroups_sex.png', 'subgroups_class.png', 'difficulty.png'):
+    for ax in figures[name].axes:
+      if ax.get_visible():
+        assert ax.get_ylabel() in ('%', 'points'), (name, ax.get_title())
+  # Cost: a legend entry per model, no text labels beside points (which overlap when points are close).
+  cost, = figures['cost_vs_avg_gap.png'].axes
+  assert not cost.texts
+  assert {'retrain', 'algo'} <= {t.get_text() for t in cost.get_legend().get_texts()}
 
 
 def run_report_cli(*args):
@@ -194,7 +238,8 @@ def test_pipeline_writes_caches_results_and_report(tmp_path, synthetic_medmnist)
   assert np.isnan(original['difficulty_loss'][~train_rows]).all()
   assert json.loads((workdir / 'outputs' / 'costs.json').read_text()).keys() == res['models'].keys()
   assert (workdir / 'results.md').read_text().startswith('| model |')
-  assert len(list((workdir / 'plots').glob('*.png'))) == 7  # accuracy, mia/gap, cost, class, 3 difficulty
+  # accuracy, mia/gap, cost, class, difficulty by loss and by learning epoch (binary: margin = loss groups).
+  assert len(list((workdir / 'plots').glob('*.png'))) == 6
   # Every number is re-derived from the caches alone, identically.
   before = (workdir / 'results.json').read_text()
   again = results_lib.evaluate_workdir(workdir)

@@ -4,7 +4,9 @@ The main table follows the unlearning papers' layout (SalUn, Fan et al. ICLR 202
 model, UA / RA / TA / MIA-efficacy in % with the |difference| to the retrained model in parentheses, then
 Avg. Gap, ToW and cost. Nothing here computes a metric; everything is read from the results dict.
 
-Figures (matplotlib's Agg renderer; written under workdir/plots/):
+Figures (matplotlib's Agg renderer; written under workdir/plots/) show accuracies in % and gaps in points,
+as the tables do; a slicing key that groups the examples exactly as an earlier one (loss and margin
+difficulty on a two-class task) gets a note instead of a repeated table and figure:
   accuracy.png          forget / retain / test accuracy per model, the retrained model's level dashed
   mia_avg_gap.png       MIA-efficacy and simple MIA per model (retrain level dashed, chance 0.5 dotted),
                         and Avg. Gap per model
@@ -27,6 +29,7 @@ import matplotlib
 # Figures are built with the object API (no pyplot): they render with the Agg canvas into files, never need
 # a display, and leave the process-wide pyplot backend of a caller untouched.
 from matplotlib import figure as mpl_figure
+from matplotlib import ticker as mpl_ticker
 import numpy as np
 
 from medunlearn_jax import errors
@@ -34,6 +37,7 @@ from medunlearn_jax.evaluation import results as results_lib
 from medunlearn_jax.evaluation import subgroups
 
 PLOTS_DIR = 'plots'
+PCT = 100.0  # Figures show % and points, as the tables do; results.json and results.csv keep fractions.
 REFERENCE = results_lib.REFERENCE
 SPLIT_COLORS = {'forget': '#d62728', 'retain': '#1f77b4', 'test': '#2ca02c', 'val': '#9467bd'}
 
@@ -86,8 +90,14 @@ def _pct_with_gap(value: float, gap: float) -> str:
   return text if math.isnan(gap) else f'{text} ({_fmt(gap, 2, 100.0)})'
 
 
+def _cell(text: str) -> str:
+  return str(text).replace('|', '\\|')  # A literal bar (|Δ|) would end the cell.
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(r) + ' |' for r in rows]
+  """A markdown table; every cell escaped, so each row has as many cells as the header."""
+  line = lambda cells: '| ' + ' | '.join(_cell(c) for c in cells) + ' |'  # pylint: disable=g-long-lambda
+  return [line(header), '|' + '---|' * len(header)] + [line(r) for r in rows]
 
 
 def _with_std(value: Any, std: Any) -> str:
@@ -137,6 +147,10 @@ def accuracy_table(results: Results) -> str:
 
 def _difference_text(sliced: Mapping[str, Any] | None) -> str:
   diff = _get(sliced, 'difference')
+  groups = _get(sliced, 'groups') or {}
+  if not diff and len(groups) == 1:  # E.g. every example learned in the same epoch: no tercile boundary.
+    (group, cell), = groups.items()
+    return f'one group only: {group} (n = {cell.get("n")})'
   if not diff:
     return '–'
   return (f'{diff["a"]} − {diff["b"]}: {_fmt(diff["value"], 2, 100.0)} '
@@ -148,7 +162,11 @@ def subgroup_table(results: Results) -> str:
   lines = []
   keys = _get(results, 'evaluation', 'slices') or []
   ci = _num(_get(results, 'evaluation', 'ci'))
+  same = _get(results, 'evaluation', 'slices_same_groups') or {}
   for key in keys:
+    if key in same:
+      lines += ['', f'**{key}** — {same_groups_note(results, key)}']
+      continue
     rows, columns = [], _group_panels(key)
     for name, entry in results['models'].items():
       sliced = _get(entry, 'slices', key)
@@ -161,6 +179,17 @@ def subgroup_table(results: Results) -> str:
   if skipped:
     lines += ['', 'Not sliced: ' + '; '.join(f'{k} ({v})' for k, v in skipped.items()) + '.']
   return '\n'.join(lines).strip('\n')
+
+
+def same_groups_note(results: Results, key: str) -> str:
+  """Why a slicing key's table is not shown: it puts every example in the same group as an earlier key."""
+  earlier = results['evaluation']['slices_same_groups'][key]
+  why = ''
+  two_classes = len(_get(results, 'evaluation', 'class_names') or []) == 2
+  if {key, earlier} == {'difficulty', 'difficulty_margin'} and two_classes:
+    why = (' On a two-class task the margin p_y − p_other = 2·p_y − 1 and the loss −log p_y are both '
+           'functions of p_y alone, so they rank the examples identically.')
+  return f'the same groups as **{earlier}**, so the same table and figure (not repeated).{why}'
 
 
 def cost_table(results: Results) -> str:
@@ -267,15 +296,15 @@ def plot_accuracy(results: Results, path: pathlib.Path) -> pathlib.Path:
   fig, (ax,) = _new_figure(1, len(names) * len(splits))
   width = 0.8 / len(splits)
   for i, split in enumerate(splits):
-    values = [_num(_get(results['models'][n], split, 'accuracy')) for n in names]
+    values = [PCT * _num(_get(results['models'][n], split, 'accuracy')) for n in names]
     ax.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=f'{split} accuracy',
            color=SPLIT_COLORS[split])
-    level = _num(_get(results['models'].get(REFERENCE), split, 'accuracy'))
+    level = PCT * _num(_get(results['models'].get(REFERENCE), split, 'accuracy'))
     if not math.isnan(level):
       ax.axhline(level, color=SPLIT_COLORS[split], linestyle='--', linewidth=1)
   _model_axis(ax, names)
-  ax.set_ylabel('accuracy')
-  ax.set_ylim(0, 1.05)
+  ax.set_ylabel('accuracy (%)')
+  ax.set_ylim(0, 105)
   ax.set_title('Accuracy per split (dashed: retrain level)')
   fig.legend(loc='outside lower center', ncols=len(splits), fontsize='small')
   return _save(fig, path)
@@ -286,20 +315,21 @@ def plot_mia_avg_gap(results: Results, path: pathlib.Path) -> pathlib.Path:
   names = list(results['models'])
   fig, (ax_mia, ax_gap) = _new_figure(2, 2 * len(names))
   x = np.arange(len(names))
-  efficacy = [_num(_get(results['models'][n], 'mia', 'mia_efficacy')) for n in names]
-  simple = [_num(_get(results['models'][n], 'mia', 'simple_mia')) for n in names]
+  efficacy = [PCT * _num(_get(results['models'][n], 'mia', 'mia_efficacy')) for n in names]
+  simple = [PCT * _num(_get(results['models'][n], 'mia', 'simple_mia')) for n in names]
   ax_mia.bar(x - 0.2, efficacy, 0.4, label='MIA-efficacy (higher = more forgotten)', color='#8c564b')
-  ax_mia.bar(x + 0.2, simple, 0.4, label='simple MIA accuracy (0.5 = chance)', color='#7f7f7f')
-  level = _num(_get(results['models'].get(REFERENCE), 'mia', 'mia_efficacy'))
+  ax_mia.bar(x + 0.2, simple, 0.4, label='simple MIA accuracy (50 = chance)', color='#7f7f7f')
+  level = PCT * _num(_get(results['models'].get(REFERENCE), 'mia', 'mia_efficacy'))
   if not math.isnan(level):
     ax_mia.axhline(level, color='#8c564b', linestyle='--', linewidth=1, label='retrained model\'s MIA-efficacy')
-  ax_mia.axhline(0.5, color='black', linestyle=':', linewidth=1)
-  ax_mia.set_ylim(0, 1.05)
+  ax_mia.axhline(50, color='black', linestyle=':', linewidth=1)
+  ax_mia.set_ylim(0, 105)
+  ax_mia.set_ylabel('%')
   ax_mia.set_title('Membership inference on the forget set')
   _model_axis(ax_mia, names)
-  ax_gap.bar(x, [_num(results['models'][n].get('avg_gap')) for n in names], 0.6, color='#17becf')
-  ax_gap.set_title('Avg. Gap to retrain (lower is better)')
-  ax_gap.set_ylabel('mean |Δ| of UA, RA, TA, MIA-efficacy')
+  ax_gap.bar(x, [PCT * _num(results['models'][n].get('avg_gap')) for n in names], 0.6, color='#17becf')
+  ax_gap.set_title('Avg. Gap to retrain: mean |Δ| of UA, RA, TA, MIA (lower is better)', fontsize='medium')
+  ax_gap.set_ylabel('points')
   _model_axis(ax_gap, names)
   fig.legend(*ax_mia.get_legend_handles_labels(), loc='outside lower center', ncols=3, fontsize='small')
   return _save(fig, path)
@@ -337,15 +367,20 @@ def plot_subgroups(results: Results, key: str, path: pathlib.Path) -> pathlib.Pa
       value, low, high = [], [], []
       for n in names:
         cell = _get(results['models'][n], 'slices', key, split, metric, 'groups', g) or {}
-        v = _num(cell.get('value'))
+        v = PCT * _num(cell.get('value'))
         value.append(v)
-        low.append(v - _num(cell.get('ci_low')))
-        high.append(_num(cell.get('ci_high')) - v)
+        low.append(v - PCT * _num(cell.get('ci_low')))
+        high.append(PCT * _num(cell.get('ci_high')) - v)
       err = np.clip(np.nan_to_num(np.asarray([low, high])), 0.0, None)
       ax.bar(np.arange(len(names)) + (j - (len(groups) - 1) / 2) * width, value, width, yerr=err, capsize=2,
              label=label(g), color=colors(j % 10), error_kw={'linewidth': 0.8})
     ax.set_title(title)
-    ax.set_ylim(0, 1.05)
+    if 'gap' in metric:
+      ax.set_ylim(bottom=0)
+      ax.set_ylabel('points')
+    else:
+      ax.set_ylim(0, 105)
+      ax.set_ylabel('%')
     _model_axis(ax, names)
   fig.legend(*axes[0].get_legend_handles_labels(), title=key, loc='outside right upper', fontsize='small')
   fig.suptitle(f'By {key}: value per group, whiskers = bootstrap '
@@ -363,23 +398,28 @@ def plot_cost_vs_gap(results: Results, path: pathlib.Path) -> pathlib.Path | Non
       points.append((name, rel, gap))
   if not points:
     return None
-  fig, (ax,) = _new_figure(1, 16, height=4.2)
-  for name, rel, gap in points:
-    ax.scatter(rel, gap, s=36, color='#d62728' if name == REFERENCE else '#1f77b4', zorder=3)
-    ax.annotate(name, (rel, gap), textcoords='offset points', xytext=(5, 4), fontsize='small')
-  top = max(gap for _, _, gap in points)
-  original_gap = _num(_get(results['models'].get(results_lib.ORIGINAL), 'avg_gap'))
+  fig, (ax,) = _new_figure(1, 28, height=4.2)
+  # A legend entry per model (marker and colour), not text next to the points: close points would overlap.
+  colors, markers = matplotlib.colormaps['tab20'], 'os^vD<>pP*Xh'
+  for i, (name, rel, gap) in enumerate(points):
+    ax.scatter(rel, PCT * gap, s=48, color='#d62728' if name == REFERENCE else colors(i % 20),
+               marker=markers[i % len(markers)], zorder=3, label=name, edgecolors='black', linewidths=0.4)
+  top = max(PCT * gap for _, _, gap in points)
+  original_gap = PCT * _num(_get(results['models'].get(results_lib.ORIGINAL), 'avg_gap'))
   if not math.isnan(original_gap):
     ax.axhline(original_gap, color='gray', linestyle='--', linewidth=1,
                label='original model (no unlearning)')
-    ax.legend(loc='upper right', fontsize='small')
     top = max(top, original_gap)
+  ax.legend(loc='center left', bbox_to_anchor=(1.01, 0.5), fontsize='small')
   ax.set_xscale('log')
+  ax.xaxis.set_major_locator(mpl_ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(mpl_ticker.FuncFormatter(lambda v, _: f'{v:g}×'))
+  ax.xaxis.set_minor_formatter(mpl_ticker.NullFormatter())
   rel = [r for _, r, _ in points]
-  ax.set_xlim(min(rel) / 2.0, max(rel) * 3.0)  # Room for the labels right of the points.
-  ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
+  ax.set_xlim(min(rel) / 1.5, max(rel) * 1.5)
+  ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
   ax.set_xlabel('training-loop seconds / retrain seconds (log scale)')
-  ax.set_ylabel('Avg. Gap to retrain (lower is better)')
+  ax.set_ylabel('Avg. Gap to retrain (points; lower is better)')
   ax.set_title('Cost vs Avg. Gap (lower left is better)')
   ax.grid(alpha=0.3, which='both')
   return _save(fig, path)
@@ -391,7 +431,8 @@ def write_plots(results: Results, directory: str | pathlib.Path) -> list[pathlib
   directory.mkdir(parents=True, exist_ok=True)
   written = [plot_accuracy(results, directory / 'accuracy.png'),
              plot_mia_avg_gap(results, directory / 'mia_avg_gap.png')]
-  for key in _get(results, 'evaluation', 'slices') or []:
+  same = _get(results, 'evaluation', 'slices_same_groups') or {}
+  for key in [k for k in _get(results, 'evaluation', 'slices') or [] if k not in same]:
     name = key if key.startswith('difficulty') else f'subgroups_{key}'
     written.append(plot_subgroups(results, key, directory / f'{name}.png'))
   written.append(plot_cost_vs_gap(results, directory / 'cost_vs_avg_gap.png'))

@@ -246,6 +246,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
     difficulty = cache_lib.add_difficulty(difficulty)
   slice_source = difficulty if difficulty is not None else first
   keys = subgroups.available_slices(first, difficulty)
+  same_groups = subgroups.same_groups(first, keys, difficulty=slice_source, age_edges=age_edges)
 
   entries: dict[str, dict[str, Any]] = {}
   verdicts: dict[str, dict[str, np.ndarray]] = {}
@@ -295,6 +296,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
           'mia_efficacy_attack': 'svc', 'mia_efficacy_max_per_side': privacy.MIA_MAX_PER_SIDE,
           'difficulty_source': ORIGINAL if ORIGINAL in caches else None,
           'slices': keys, 'slices_skipped': _skipped_slices(first, difficulty, keys),
+          'slices_same_groups': same_groups,
           'class_names': list(info.get('class_names') or []),
       },
   }

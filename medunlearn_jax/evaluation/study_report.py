@@ -12,6 +12,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 TABLE_METRICS = ('forget_acc', 'retain_acc', 'test_acc', 'avg_gap', 'mia_efficacy', 'seconds')
+# Units of the plots, as in the tables: accuracies in %, gaps in points.
+UNITS = {'test_acc': '%', 'forget_acc': '%', 'avg_gap': 'points'}
 
 
 def _pm(stat: Mapping[str, float], scale: float = 100.0) -> str:
@@ -31,15 +33,15 @@ def markdown(summary: Mapping[str, Any]) -> str:
       lines.append('| ' + ' | '.join([arm, model] + cells) + ' |')
   text = [f'# Study: {summary.get("kind")} (seeds {summary.get("seeds")})', '', *lines]
   if 'sex_gap' in summary:
-    text += ['', '## Forget-accuracy gap to retrain by sex arm (bootstrap 95 % CI over forget examples)', '',
-             '| model | F gap | M gap | F − M | differs? |', '|---|---|---|---|---|']
+    text += ['', '## Forget-accuracy gap to retrain by sex arm, in points (bootstrap 95 % CI over forget '
+             'examples)', '', '| model | F gap | M gap | F − M | differs? |', '|---|---|---|---|---|']
     for model, entry in summary['sex_gap'].items():
       arms = [k for k in entry if k.startswith('sex_')]
       f, m = entry[arms[0]], entry[arms[1]]
       d = entry['difference_f_minus_m']
-      text.append(f'| {model} | {f["gap"]:.3f} [{f["ci95"][0]:.3f}, {f["ci95"][1]:.3f}] | '
-                  f'{m["gap"]:.3f} [{m["ci95"][0]:.3f}, {m["ci95"][1]:.3f}] | '
-                  f'{d["value"]:+.3f} [{d["ci95"][0]:+.3f}, {d["ci95"][1]:+.3f}] | '
+      text.append(f'| {model} | {100 * f["gap"]:.2f} [{100 * f["ci95"][0]:.2f}, {100 * f["ci95"][1]:.2f}] | '
+                  f'{100 * m["gap"]:.2f} [{100 * m["ci95"][0]:.2f}, {100 * m["ci95"][1]:.2f}] | '
+                  f'{100 * d["value"]:+.2f} [{100 * d["ci95"][0]:+.2f}, {100 * d["ci95"][1]:+.2f}] | '
                   f'{"yes" if d["differs"] else "no"} |')
   return '\n'.join(text) + '\n'
 
@@ -65,12 +67,13 @@ def plot(summary: Mapping[str, Any], path: pathlib.Path) -> None:
           if not points:
             continue
           xs = [p[0] * 100 for p in points]
-          ys = [p[1]['mean'] for p in points]
-          es = [p[1]['std'] for p in points]
+          ys = [100 * p[1]['mean'] for p in points]
+          es = [100 * p[1]['std'] for p in points]
           style = '--' if model == 'retrain' else '-'
           ax.errorbar(xs, ys, yerr=es, fmt=style + ('o' if kind == 'images' else 's'), capsize=3,
                       label=f'{model} ({kind})')
       ax.set_xlabel('forget set size (% of training set)')
+      ax.set_ylabel(UNITS[metric])
       ax.set_title(metric)
       ax.grid(alpha=0.3)
   else:
@@ -78,11 +81,12 @@ def plot(summary: Mapping[str, Any], path: pathlib.Path) -> None:
     width = 0.8 / max(len(models), 1)
     for ax, metric in zip(axes, metrics):
       for i, model in enumerate(models):
-        ys = [arms[a].get(model, {}).get(metric, {}).get('mean', math.nan) for a in names]
-        es = [arms[a].get(model, {}).get(metric, {}).get('std', math.nan) for a in names]
+        ys = [100 * arms[a].get(model, {}).get(metric, {}).get('mean', math.nan) for a in names]
+        es = [100 * arms[a].get(model, {}).get(metric, {}).get('std', math.nan) for a in names]
         ax.bar([j + i * width for j in range(len(names))], ys, width, yerr=es, capsize=2, label=model,
                hatch='//' if model == 'retrain' else None)
       ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(names))], names, rotation=15)
+      ax.set_ylabel(UNITS[metric])
       ax.set_title(metric)
       ax.grid(alpha=0.3, axis='y')
   axes[0].legend(fontsize=7)

@@ -125,6 +125,23 @@ def available_slices(cache: Columns, difficulty: Columns | None = None) -> list[
   return out
 
 
+def same_groups(cache: Columns, keys: Sequence[str], *, difficulty: Columns | None = None,
+                age_edges: Sequence[float] = AGE_EDGES) -> dict[str, str]:
+  """{key: earlier key} for each slicing key that puts every example in the same group as an earlier one
+  (the loss and margin terciles of a two-class task), so that reports need not repeat a table."""
+  seen: list[tuple[str, np.ndarray, np.ndarray]] = []
+  out = {}
+  for key in keys:
+    groups, known = group_labels(cache, key, difficulty=difficulty, age_edges=age_edges)
+    match = next((k for k, g, m in seen if np.array_equal(m, known) and g.dtype.kind == groups.dtype.kind
+                  and np.array_equal(g[m], groups[known])), None)
+    if match is None:
+      seen.append((key, groups, known))
+    else:
+      out[key] = match
+  return out
+
+
 # Weighted metrics (`slices.slice_metric(..., weighted=True)`): `weights` (B, n_group) holds each example's
 # multiplicity in each bootstrap replicate; one value per replicate.
 
