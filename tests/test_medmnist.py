@@ -362,3 +362,13 @@ def test_lazy_images_read_on_demand_match_eager(tmp_path, synthetic_medmnist):
     part = lazy[name].take(np.arange(3, 9), 'part')
     np.testing.assert_array_equal(part.images[np.arange(6)], eager[name].images[3:9])
   assert lazy['train'].images.shape == eager['train'].images.shape
+
+
+def test_a_build_logged_to_a_file_has_no_progress_bar_escape_codes(tmp_path, synthetic_medmnist, capfd):
+  # Not a terminal (pytest captures stderr, as a log file or a pipe would): TFDS's tqdm bars, whose cursor
+  # movements would land in the log as raw "\x1b[A" codes, are off; the build still completes.
+  from medunlearn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  _, splits = data_lib.load(default.get_config().dataset)
+  err = capfd.readouterr().err
+  assert len(splits['train']) == 240 and '\x1b[' not in err and 'examples/s' not in err

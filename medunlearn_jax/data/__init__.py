@@ -6,6 +6,7 @@ its `DatasetInfo` and a dict of `Split`s ('train', 'val', 'test').
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -35,7 +36,13 @@ def _module(name: str):
 
 
 def prepare(cfg: Mapping[str, Any]) -> tuple[tfds.core.DatasetBuilder, ds_lib.DatasetInfo]:
-  """Builds (or finds already built) the dataset of a config's `dataset` section."""
+  """Builds (or finds already built) the dataset of a config's `dataset` section.
+
+  TFDS's progress bars are shown on a terminal only: written to a log file or a pipe, tqdm's cursor
+  movements become raw escape codes; TFDS still logs each step of a build.
+  """
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
   name, size = cfg['name'], int(cfg['image_size'])
   module = _module(name)
   common = dict(raw_dir=paths.raw_dir(family(name), cfg.get('raw_data_dir') or None),
