@@ -8,10 +8,10 @@ looks valid.
 """
 from __future__ import annotations
 
-import contextlib
+import logging as std_logging
 import os
 import pathlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from absl import logging
 import jax
@@ -20,16 +20,15 @@ import orbax.checkpoint as ocp
 PyTree = Any
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-  """Orbax logs every file operation at INFO through absl; keep the run's own progress readable."""
-  level = logging.get_verbosity()
-  if level >= logging.INFO:  # absl levels: DEBUG 1 > INFO 0 > WARNING -1.
-    logging.set_verbosity(logging.WARNING)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(level)
+class _OrbaxInfoFilter(std_logging.Filter):
+  """Drops Orbax's INFO records (it logs every file operation through absl's logger, from the main thread and
+  from its own), so that the run's progress stays readable; its warnings and errors pass."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+logging.get_absl_logger().addFilter(_OrbaxInfoFilter())
 
 
 class StageCheckpoints:
@@ -42,15 +41,14 @@ class StageCheckpoints:
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
-    with _quiet():
-      self._manager = ocp.CheckpointManager(
-          self.directory,
-          # A save killed midway leaves `<step>.orbax-checkpoint-tmp-*`: Orbax removes it (in the background,
-          # done before the next save; on the primary host only).
-          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=False, cleanup_tmp_directories=True),
-          # Handlers named up front, so that a fresh manager can read a saved tree's metadata.
-          item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        # A save killed midway leaves `<step>.orbax-checkpoint-tmp-*`: Orbax removes it (in the background,
+        # done before the next save; on the primary host only).
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False, cleanup_tmp_directories=True),
+        # Handlers named up front, so that a fresh manager can read a saved tree's metadata.
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -59,18 +57,16 @@ class StageCheckpoints:
     """Saves `state` and `meta` at `step` (an existing step is never overwritten)."""
     if step in self._manager.all_steps():
       return
-    with _quiet():
-      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(dict(meta))))
-      self._manager.wait_until_finished()
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(dict(meta))))
+    self._manager.wait_until_finished()
 
   def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
     """Metadata of `step` (default: latest) without loading the arrays; None if there is no checkpoint."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    with _quiet():
-      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored['meta'])
 
   def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
@@ -78,9 +74,8 @@ class StageCheckpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    with _quiet():
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], dict(restored['meta'])
 
   def restore_params(self, sharding: jax.sharding.Sharding, step: int | None = None
@@ -94,16 +89,14 @@ class StageCheckpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    with _quiet():
-      tree = self._manager.item_metadata(step)['state'].tree
-      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    tree = self._manager.item_metadata(step)['state'].tree
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), tree)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored['state']['params'], dict(restored['meta'])
 
   def close(self) -> None:
-    with _quiet():
-      self._manager.close()
+    self._manager.close()
 
 
 def abstract_like(tree: PyTree) -> PyTree:

@@ -14,6 +14,7 @@ continues an interrupted experiment. Only process 0 writes files; Orbax coordina
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -242,6 +243,66 @@ def release_workdir(workdir: pathlib.Path) -> None:
   os.close(fd)
 
 
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min' if seconds >= 3600 else (
+      f'{seconds // 60} min {seconds % 60:02d} s' if seconds >= 60 else f'{seconds} s')
+
+
+class RunProgress:
+  """The whole run's progress, logged after each stage: stages done, time spent, and an estimate of the time
+  left, from the optimizer steps the remaining stages plan and the seconds per step this run has measured
+  (compilation and set-up passes included; the evaluation at the end is not estimated)."""
+
+  def __init__(self, planned_steps: Mapping[str, int]):
+    self.planned = dict(planned_steps)
+    self.done: list[str] = []
+    self.start = time.perf_counter()
+    self.seconds = 0.0  # Wall time of the stages this process trained (not loaded), and their steps.
+    self.steps = 0
+
+  def stage_done(self, stage: str, seconds: float, steps: int) -> str:
+    """Records a finished stage (`steps` run by this process, 0 when loaded) and logs the run's progress."""
+    if stage not in self.planned or stage in self.done:
+      return ''
+    self.done.append(stage)
+    self.seconds += seconds
+    self.steps += steps
+    left = [s for s in self.planned if s not in self.done]
+    message = (f'run: {len(self.done)} of {len(self.planned)} stages done ({stage} last), '
+               f'{_duration(time.perf_counter() - self.start)} so far')
+    if left and self.steps > 0:
+      remaining = sum(self.planned[s] for s in left) * self.seconds / self.steps
+      message += (f'; about {_duration(remaining)} left for {", ".join(left)} '
+                  f'(ETA {time.strftime("%H:%M", time.localtime(time.time() + remaining))}), then the evaluation')
+    elif not left:
+      message += '; the evaluation next'
+    logging.info('%s', message)
+    return message
+
+
+def planned_steps(exp: 'Experiment') -> dict[str, int]:
+  """Optimizer steps each stage of the run plans: original, retrain and every algorithm, with the forget
+  set's size (estimated from `forget.count` or `forget.fraction` where the selection waits for the
+  original). A stage that derives its streams (RUM's levels) is counted on the whole forget set."""
+  c = exp.config
+  n_train = len(exp.splits['train'])
+  n_forget = (len(exp.selection.ids) if exp.selection is not None
+              else int(c.forget.get('count') or round(c.forget.get('fraction', 0.1) * n_train)))
+  sizes = collections.defaultdict(lambda: n_forget, {k: len(v) for k, v in exp.splits.items()},
+                                  retain=n_train - n_forget, forget=n_forget)
+  plan = {}
+  for stage, stream in (('original', 'train'), ('retrain', 'retain')):
+    hp = ml_collections.ConfigDict(c.train.to_dict())
+    hp.stream = stream
+    plan[stage] = sum(engine.phase_steps(algorithms.get('erm').build(exp.problem, hp, sizes, c.batch_size),
+                                         sizes, c.batch_size))
+  for name in algorithm_names(c):
+    plan[name] = sum(engine.phase_steps(algorithms.get(name).build(exp.problem, c.algo[name], sizes,
+                                                                   c.batch_size), sizes, c.batch_size))
+  return plan
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything the stages share, built once per run."""
@@ -255,6 +316,7 @@ class Experiment:
   # The forget set, when its selector does not need the trained original (all but 'difficulty'): made and
   # checked in `setup`, before anything is written.
   selection: forget_lib.ForgetManifest | None = None
+  progress: RunProgress | None = None  # Set by `train_references`: the whole run's progress and ETA.
 
   @functools.cached_property
   def predict(self):
@@ -332,15 +394,20 @@ def run_stage(exp: Experiment, stage: str, algorithm: base.Algorithm, data: Mapp
   """Runs (or resumes, or skips when finished) one stage with its own checkpoint folder."""
   checkpoints = ckpt_lib.StageCheckpoints(exp.workdir / 'checkpoints' / stage)
   meta = {'stage': stage, 'algorithm': algorithm.name, 'hparams': _normalised(algorithm.hparams)}
+  t0 = time.perf_counter()
   try:
     saved = checkpoints.read_meta()
     logging.info('stage %s: %s', stage, 'starting' if saved is None else
                  ('finished earlier, loading' if saved.get('done') else 'resuming'))
-    return engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
-                      checkpoints=checkpoints, meta=meta, on_step=on_step, setup=setup,
-                      on_epoch=on_epoch, stock_layers=exp.problem.stock_layers)
+    params, cost = engine.run(algorithm, data, params, context, mesh=exp.mesh, options=exp.options,
+                              checkpoints=checkpoints, meta=meta, on_step=on_step, setup=setup,
+                              on_epoch=on_epoch, stock_layers=exp.problem.stock_layers)
   finally:
     checkpoints.close()
+  if exp.progress is not None:
+    steps_before = int(((saved or {}).get('cost') or {}).get('steps', 0))
+    exp.progress.stage_done(stage, time.perf_counter() - t0, cost.steps - steps_before)
+  return params, cost
 
 
 def erm_algorithm(exp: Experiment, stream: str) -> base.Algorithm:
@@ -427,6 +494,7 @@ def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLi
                      ) -> tuple[Experiment, dict[str, Any], dict[str, engine.Cost]]:
   """Set-up, the original model, the forget set and the retrained model (each resumed or loaded if done)."""
   exp = setup(config, workdir)
+  exp.progress = RunProgress(planned_steps(exp))
   init = init_params(exp)
   trained: dict[str, Any] = {}
   costs: dict[str, engine.Cost] = {}
@@ -552,6 +620,8 @@ def load_finished_stage(exp: Experiment, stage: str, algorithm: base.Algorithm
   finally:
     checkpoints.close()
   logging.info('stage %s: finished earlier, loaded without re-running prepare', stage)
+  if exp.progress is not None:
+    exp.progress.stage_done(stage, 0.0, 0)
   return engine.finish_params(algorithm, params, exp.mesh), engine.Cost(**saved['cost'])
 
 

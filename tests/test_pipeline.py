@@ -1,5 +1,6 @@
 """The whole pipeline on a synthetic MedMNIST file: results, manifest, resume, refusal of bad input."""
 import json
+import logging as std_logging
 import os
 import pathlib
 import subprocess
@@ -38,10 +39,17 @@ def small_config(**overrides):
   return config
 
 
-def test_pipeline_writes_results_manifest_and_outputs(tmp_path, synthetic_medmnist):
+def test_pipeline_writes_results_manifest_and_outputs(tmp_path, synthetic_medmnist, caplog):
   workdir = tmp_path / 'run'
-  results = pipeline.run_experiment(small_config(), workdir)
+  with caplog.at_level(std_logging.INFO):
+    results = pipeline.run_experiment(small_config(), workdir)
   assert set(results['models']) == {'original', 'retrain', 'finetune'}
+  # The whole run's progress after each stage, with an ETA planned from the steps each stage takes.
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith('run: ')]
+  assert len(progress) == 3 and 'about' in progress[0] and 'left for retrain, finetune (ETA ' in progress[0]
+  assert progress[-1].startswith('run: 3 of 3 stages done (finetune last)')
+  # The plan's steps are the steps the stages took (ETA's basis).
+  assert '; the evaluation next' in progress[-1]
   for model in results['models'].values():
     for split in ('retain', 'forget', 'val', 'test'):
       assert 0.0 <= model[split]['accuracy'] <= 1.0
@@ -54,6 +62,9 @@ def test_pipeline_writes_results_manifest_and_outputs(tmp_path, synthetic_medmni
   assert retrain_cost['steps'] == 14 and retrain_cost['examples'] == 2 * 216
   assert results['models']['original']['cost']['examples'] == 2 * 240
   assert results['models']['original']['test']['accuracy'] > 0.8  # The synthetic task is easy.
+  exp = pipeline.setup(small_config(), workdir)  # The run's plan, made again: the steps each stage took.
+  assert pipeline.planned_steps(exp) == {k: v['cost']['steps'] for k, v in results['models'].items()}
+  pipeline.release_workdir(workdir)
 
   manifest = json.loads((workdir / 'forget_manifest.json').read_text())
   assert manifest['count'] == 24 == len(manifest['ids'])
