@@ -509,7 +509,7 @@ def train_references(config: ml_collections.ConfigDict, workdir: str | os.PathLi
   return exp, trained, costs
 
 
-EPOCHS_FILE = 'original_epochs.npz'
+EPOCHS_FILE = results_lib.EPOCHS_FILE
 
 
 def epoch_recorder(exp: Experiment):
@@ -713,6 +713,11 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
   results = results_lib.evaluate_caches(caches, cost_json, info=info,
                                         populations=results_lib.load_populations(exp.workdir), seed=c.seed,
                                         n_boot=c.evaluation.n_boot, attack_seeds=c.evaluation.attack_seeds)
+  leftover = results['evaluation']['not_in_results'] = results_lib.files_not_in_results(exp.workdir, list(caches))
+  if leftover:
+    logging.warning('not in these results, but kept in %s: %s (delete them, or name the algorithms in '
+                    '--config.algorithms again: finished stages are loaded, not retrained)', exp.workdir,
+                    '; '.join(f'{name} ({", ".join(files)})' for name, files in leftover.items()))
   if is_writer():
     results_lib.write_json(exp.workdir / results_lib.RESULTS_FILE, results)
     report_lib.write_report(exp.workdir, results, plots=c.get('report', True))

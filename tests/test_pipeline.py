@@ -129,6 +129,17 @@ def test_finished_stages_load_without_rerunning_prepare(tmp_path, synthetic_medm
   for model in ('finetune', 'ssd', 'scrub_r', 'amnesiac'):
     assert second['models'][model]['test'] == first['models'][model]['test']
     assert second['models'][model]['cost'] == first['models'][model]['cost']
+  assert first['evaluation']['not_in_results'] == {}
+  # Algorithms dropped from a later run: their files are kept, and reported in results.json and results.md.
+  third = pipeline.run_experiment(small_config(algorithms='finetune'), tmp_path)
+  assert set(third['models']) == {'original', 'retrain', 'finetune'}
+  assert third['evaluation']['not_in_results'] == {
+      'amnesiac': ['outputs/amnesiac.npz', 'checkpoints/amnesiac', 'checkpoints/amnesiac_record'],
+      'scrub_r': ['outputs/scrub_r.npz', 'checkpoints/scrub_r'], 'ssd': ['outputs/ssd.npz', 'checkpoints/ssd']}
+  assert 'Not in these results, but kept in the workdir from an earlier run: amnesiac (' in (
+      tmp_path / 'results.md').read_text()
+  assert results_lib.evaluate_workdir(tmp_path, write=False)['evaluation']['not_in_results'] == (
+      third['evaluation']['not_in_results'])
 
 
 def test_one_prediction_program_per_run(tmp_path, synthetic_medmnist, monkeypatch):

@@ -222,6 +222,12 @@ def markdown_report(results: Results) -> str:
   if groups:
     parts += ['', '## Subgroups', '', groups]
   parts += ['', '## Cost', '', cost_table(results)]
+  leftover = _get(results, 'evaluation', 'not_in_results') or {}
+  if leftover:
+    parts += ['', 'Not in these results, but kept in the workdir from an earlier run: '
+              + '; '.join(f'{name} ({", ".join(f"`{f}`" for f in files)})' for name, files in leftover.items())
+              + '. Delete them, or name the algorithms in `--config.algorithms` again (finished stages are '
+              'loaded, not retrained).']
   return '\n'.join(parts) + '\n'
 
 

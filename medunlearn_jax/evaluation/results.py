@@ -107,12 +107,34 @@ def load_run(workdir: str | os.PathLike) -> tuple[dict[str, dict[str, np.ndarray
   if costs:
     names = list(costs)
   else:
-    found = sorted(p.stem for p in outputs.glob('*.npz'))
+    found = sorted(p.stem for p in outputs.glob('*.npz') if p.name != EPOCHS_FILE)
     names = [n for n in (ORIGINAL, REFERENCE) if n in found] + [n for n in found if n not in (ORIGINAL, REFERENCE)]
   if not names:
     raise errors.DataError(f'{outputs} holds no model outputs; run the experiment first')
   caches = {name: cache_lib.load_cache(outputs / f'{name}.npz') for name in names}
   return caches, costs, info, load_populations(workdir)
+
+
+# The original's per-epoch correctness (written while it trains; learning-dynamics difficulty).
+EPOCHS_FILE = 'original_epochs.npz'
+# Files and stages that belong to a model of another name (Amnesiac's replay of the original's training).
+_OWNER = {'amnesiac_record': 'amnesiac', EPOCHS_FILE.removesuffix('.npz'): ORIGINAL}
+
+
+def files_not_in_results(workdir: str | os.PathLike, models: Sequence[str]) -> dict[str, list[str]]:
+  """{model: [its files]} for the output caches and checkpoint folders in `workdir` of models that are not
+  in `models` (an algorithm dropped from a later run's list): kept, since they may have cost hours, but
+  reported, so that nobody mistakes them for part of the results."""
+  workdir = pathlib.Path(workdir)
+  out: dict[str, list[str]] = {}
+  for path in sorted((workdir / OUTPUTS_DIR).glob('*.npz')):
+    if _OWNER.get(path.stem, path.stem) not in models:
+      out.setdefault(_OWNER.get(path.stem, path.stem), []).append(str(path.relative_to(workdir)))
+  checkpoints = workdir / 'checkpoints'
+  for path in sorted(checkpoints.iterdir()) if checkpoints.is_dir() else []:
+    if path.is_dir() and _OWNER.get(path.name, path.name) not in models:
+      out.setdefault(_OWNER.get(path.name, path.name), []).append(str(path.relative_to(workdir)))
+  return out
 
 
 def load_populations(workdir: str | os.PathLike) -> dict[str, Any] | None:
@@ -316,6 +338,7 @@ def evaluate_workdir(workdir: str | os.PathLike, *, write: bool = True, n_boot: 
   attack_seeds = int(recorded.get('attack_seeds', ATTACK_SEEDS)) if attack_seeds is None else attack_seeds
   results = evaluate_caches(caches, costs, info=info, populations=populations, n_boot=n_boot, seed=seed,
                             attack_seeds=attack_seeds)
+  results['evaluation']['not_in_results'] = files_not_in_results(workdir, list(caches))
   if write:
     write_json(pathlib.Path(workdir) / RESULTS_FILE, results)
   return results
