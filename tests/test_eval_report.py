@@ -205,6 +205,16 @@ def test_report_is_well_formed_and_plots_in_the_tables_units(hand_workdir, monke
   assert {'retrain', 'algo'} <= {t.get_text() for t in cost.get_legend().get_texts()}
 
 
+def test_the_readme_shows_the_table_a_run_prints(hand_workdir):
+  res = results_lib.evaluate_workdir(hand_workdir, n_boot=20)
+  for entry in res['models'].values():
+    entry['populations'] = None  # The main job runs no populations.
+  header, rule = report.markdown_table(res).splitlines()[:2]
+  readme = (ROOT / 'README.md').read_text()
+  shown = readme[readme.index('The table exactly as the run prints it:'):].splitlines()[2:4]
+  assert shown == [header, rule]
+
+
 def run_report_cli(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-m', 'experiments.report', *args], cwd=ROOT, env=env,
