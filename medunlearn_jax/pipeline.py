@@ -722,4 +722,7 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
     results_lib.write_json(exp.workdir / results_lib.RESULTS_FILE, results)
     report_lib.write_report(exp.workdir, results, plots=c.get('report', True))
   print(report_lib.markdown_table(results))
+  signal = report_lib.forget_signal_text(results)
+  if signal:
+    print('\n' + signal)
   return results

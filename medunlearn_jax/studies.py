@@ -93,23 +93,60 @@ def _share_original(source: pathlib.Path, target: pathlib.Path) -> None:
     shutil.copytree(src, dst)
 
 
+def _seeds(config: ml_collections.ConfigDict) -> list[int]:
+  seeds = [int(s) for s in config.study.seeds]
+  if not seeds:
+    raise errors.ConfigError('study.seeds is empty')
+  return seeds
+
+
+def run_dir(workdir: str | os.PathLike, arm: str, seed: int) -> pathlib.Path:
+  """Where the run of one (arm, seed) lives in a study's workdir."""
+  return pathlib.Path(workdir).absolute() / arm / f'seed{seed}'
+
+
+def runs_of(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+  """Every (arm, seed) of a study, in the order `run_study` runs them."""
+  return [(arm.name, seed) for seed in _seeds(config) for arm in arms_of(config)]
+
+
+def run_one(config: ml_collections.ConfigDict, workdir: str | os.PathLike, arm_name: str, seed: int
+            ) -> dict[str, Any]:
+  """Runs (or resumes) the single (arm, seed) of a study, as a job of a cluster array would."""
+  arms = {arm.name: arm for arm in arms_of(config)}
+  if arm_name not in arms or seed not in _seeds(config):
+    raise errors.ConfigError(f'({arm_name!r}, seed {seed}) is not a run of this study; its runs: '
+                             f'{", ".join(f"{a}/seed{s}" for a, s in runs_of(config))}')
+  return pipeline.run_experiment(arm_config(config, arms[arm_name], seed), run_dir(workdir, arm_name, seed))
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Runs every (arm, seed) of a study (resuming finished runs) and writes the aggregate."""
   workdir = pathlib.Path(workdir).absolute()
   arms = arms_of(config)
-  seeds = [int(s) for s in config.study.seeds]
-  if not seeds:
-    raise errors.ConfigError('study.seeds is empty')
-  runs: dict[str, dict[int, dict[str, Any]]] = {}
-  for seed in seeds:
+  for seed in _seeds(config):
     first = None
     for arm in arms:
-      arm_dir = workdir / arm.name / f'seed{seed}'
+      arm_dir = run_dir(workdir, arm.name, seed)
       if first is not None:
         _share_original(first, arm_dir)
       logging.info('study %s: arm %s, seed %d', config.study.kind, arm.name, seed)
-      runs.setdefault(arm.name, {})[seed] = pipeline.run_experiment(arm_config(config, arm, seed), arm_dir)
+      pipeline.run_experiment(arm_config(config, arm, seed), arm_dir)
       first = first or arm_dir
+  return aggregate_study(config, workdir)
+
+
+def aggregate_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """study.json, study.md and study.png from the finished runs of every (arm, seed), wherever they ran
+  (`run_study` here, or `run_one` jobs on other machines writing into the same workdir)."""
+  workdir = pathlib.Path(workdir).absolute()
+  arms, seeds = arms_of(config), _seeds(config)
+  missing = [f'{a}/seed{s}' for a, s in runs_of(config) if not (run_dir(workdir, a, s) / 'results.json').exists()]
+  if missing:
+    raise errors.UserError(f'{len(missing)} of {len(runs_of(config))} runs of the study in {workdir} have not '
+                           f'finished: {", ".join(missing)}')
+  runs = {arm.name: {seed: json.loads((run_dir(workdir, arm.name, seed) / 'results.json').read_text())
+                     for seed in seeds} for arm in arms}
   summary = aggregate(runs)
   summary['kind'] = config.study.kind
   summary['seeds'] = seeds

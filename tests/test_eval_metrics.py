@@ -140,3 +140,35 @@ def test_tow():
   assert gaps.tow(model, model) == 1.0
   with pytest.raises(ValueError):
     gaps.tow((90, 95, 85), (80, 97, 86))  # percentages are rejected
+
+
+def test_forget_signal_by_hand():
+  n = 200
+  rng = np.random.default_rng(0)
+  # The original fits every forget example; the retrained model gets 70 % of them (it never saw them).
+  original = {'correct': np.ones(n), 'loss': np.full(n, 0.01), 'non_member': np.zeros(n)}
+  retrain = {'correct': (rng.random(n) < 0.7).astype(float), 'loss': rng.exponential(1.0, n),
+             'non_member': (rng.random(n) < 0.4).astype(float)}
+  signal = gaps.forget_signal(original, retrain, n_boot=1000, seed=0)
+  d = original['correct'] - retrain['correct']
+  assert signal['accuracy']['value'] == pytest.approx(d.mean()) and signal['n'] == n
+  se = d.std() / math.sqrt(n)  # The percentile interval is close to the normal one at this n.
+  assert signal['accuracy']['ci_low'] == pytest.approx(d.mean() - 1.96 * se, abs=0.02)
+  assert signal['accuracy']['ci_high'] == pytest.approx(d.mean() + 1.96 * se, abs=0.02)
+  assert signal['loss']['value'] == pytest.approx(np.mean(retrain['loss'] - 0.01))
+  assert signal['mia_efficacy']['value'] == pytest.approx(retrain['non_member'].mean())
+  assert signal['clear'] and signal['accuracy']['p_value'] < 1e-10
+  # Four examples all ahead: a constant difference, yet a one-sided sign test gives p = 1/16 > 0.05.
+  four = gaps.forget_signal({k: v[:4] for k, v in original.items()},
+                            {'correct': np.zeros(4), 'loss': np.ones(4), 'non_member': np.zeros(4)}, n_boot=100)
+  assert four['accuracy']['ci_low'] == 1.0 and four['accuracy']['p_value'] == 1 / 16 and not four['clear']
+  # Nothing memorised: the same predictions and verdicts; the loss alone differs, which cannot rank.
+  same = dict(retrain, loss=retrain['loss'] + 0.1)
+  nothing = gaps.forget_signal(same, retrain, n_boot=1000)
+  assert nothing['accuracy'] == {'value': 0.0, 'ci_low': 0.0, 'ci_high': 0.0, 'p_value': 1.0}
+  assert nothing['loss']['value'] == pytest.approx(-0.1) and not nothing['clear']
+  # Verdicts missing for some rows (NaN) are left out; no bootstrap gives no interval.
+  partial = dict(original, non_member=np.where(np.arange(n) < 10, np.nan, 0.0))
+  assert gaps.forget_signal(partial, retrain, n_boot=0)['mia_efficacy']['value'] == pytest.approx(
+      retrain['non_member'][10:].mean())
+  assert math.isnan(gaps.forget_signal(partial, retrain, n_boot=0)['accuracy']['ci_low'])

@@ -189,6 +189,11 @@ def test_report_is_well_formed_and_plots_in_the_tables_units(hand_workdir, monke
     assert all(len(row) == len(table[0]) for row in table), table[0]
   assert 'forget \\|acc. − retrain acc.\\|' in markdown
   assert '**difficulty_margin** — the same groups as **difficulty**' in markdown and 'two-class task' in markdown
+  # The hand-made forget set: the original right on all 4, retrain on 2; 4 examples are too few to be sure.
+  assert res['forget_signal']['accuracy']['value'] == 0.5 and res['forget_signal']['n'] == 4
+  assert not res['forget_signal']['clear']
+  assert 'Forget signal, original − retrain on the 4 forget examples (95 % bootstrap CI): accuracy +50.00 [' in markdown
+  assert 'so this run cannot rank algorithms' in markdown
   # Figures in % and points, as the tables: the original is right on every example (100 %, not 1.0).
   accuracy, = figures['accuracy.png'].axes
   assert max(bar.get_height() for bar in accuracy.patches) == 100.0 and '%' in accuracy.get_ylabel()

@@ -39,6 +39,28 @@ def test_small_cnn_unchanged():
   assert sorted(params) == ['conv0', 'conv1', 'conv2', 'head', 'norm0', 'norm1', 'norm2']
 
 
+def test_plain_cnn_is_the_classic_flatten_head_classifier():
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 28, 28, 3)), jnp.float32)
+  model = models.make_model('plain_cnn', 7)
+  params = model.init(jax.random.key(0), x)['params']
+  assert [b for b in models.blocks(params)] == [('conv0', 'conv0_bias'), ('conv1', 'conv1_bias'), ('fc2',),
+                                                ('head',)]
+  assert params['fc2']['kernel'].shape == (7 * 7 * 64, 256)  # Two 2x2 poolings of 28 px, flattened.
+  rng = np.random.default_rng(1)  # Biases initialise at zero; any value must enter as a conv bias.
+  params = dict(params, conv0_bias=jnp.asarray(rng.normal(size=32), jnp.float32),
+                conv1_bias=jnp.asarray(rng.normal(size=64), jnp.float32))
+  # The same network written with stock Flax layers (biased convolutions) gives the same logits.
+  conv = lambda i, h: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
+      h, params[f'conv{i}']['kernel'], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  h = x
+  for i in range(2):
+    h = jax.nn.relu(conv(i, h) + params[f'conv{i}_bias'])
+    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  h = jax.nn.relu(h.reshape(3, -1) @ params['fc2']['kernel'] + params['fc2']['bias'])
+  want = h @ params['head']['kernel'] + params['head']['bias']
+  np.testing.assert_allclose(model.apply({'params': params}, x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_parameters(stock):
   x, _, params = stock
   model = models.make_model('resnet18', 3, dtype='bfloat16')

@@ -31,6 +31,16 @@ def test_forget_size_study_shares_the_original_and_aggregates(tmp_path, syntheti
   assert stat['values'] == [results[1]['models']['finetune']['test']['accuracy']] and stat['std'] == 0.0
   assert (tmp_path / 'study.md').read_text().startswith('# Study: forget_size')
   assert (tmp_path / 'study.png').stat().st_size > 10_000
+  # Fan-out: the runs of a study, one of them run alone (finished here: loaded), the aggregate from disk.
+  assert studies.runs_of(config) == [('images_0.1', 0), ('images_0.25', 0)]
+  one = studies.run_one(config, tmp_path, 'images_0.25', 0)
+  assert one['models']['finetune']['test'] == results[1]['models']['finetune']['test']
+  with pytest.raises(errors.ConfigError, match=r"\('images_0.5', seed 0\) is not a run of this study"):
+    studies.run_one(config, tmp_path, 'images_0.5', 0)
+  assert studies.aggregate_study(config, tmp_path)['arms'] == json.loads((tmp_path / 'study.json').read_text())['arms']
+  (tmp_path / 'images_0.1' / 'seed0' / 'results.json').unlink()
+  with pytest.raises(errors.UserError, match='1 of 2 runs of the study .* have not finished: images_0.1/seed0'):
+    studies.aggregate_study(config, tmp_path)
 
 
 def test_difficulty_study_arms_have_equal_sizes_and_differ(tmp_path, synthetic_medmnist):
@@ -75,3 +85,19 @@ def test_a_studys_lists_are_overridable_from_the_command_line():
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "['images_0.05', 'images_0.2'] (3,)"
+
+
+def test_list_runs_prints_one_command_per_arm_and_seed(tmp_path):
+  import pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run([sys.executable, '-m', 'experiments.study', '--config=experiments/configs/study_forget_size.py',
+                         f'--workdir={tmp_path}', '--config.study.fractions=(0.05,0.2)', '--config.study.seeds=(3,4)',
+                         '--list_runs'], cwd=root, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 4 and not (tmp_path / 'images_0.05').exists()  # Listing runs nothing.
+  assert lines[0].endswith("--config.study.fractions=(0.05,0.2)' '--config.study.seeds=(3,4)' --arm=images_0.05 "
+                           '--seed=3') and '--list_runs' not in lines[0]
+  assert [line.split()[-2:] for line in lines[1:]] == [['--arm=images_0.2', '--seed=3'],
+                                                       ['--arm=images_0.05', '--seed=4'],
+                                                       ['--arm=images_0.2', '--seed=4']]

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.download = True       # Download official files when absent from the raw folder.
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = 'small_cnn'      # small_cnn | resnet18
+  config.model.name = 'small_cnn'      # small_cnn | plain_cnn | resnet18
   config.model.dtype = 'float32'       # Compute dtype; parameters stay float32.
   # Layers: 'xla' = stock Flax (every GPU/TPU and multi-device run; forward-mode AD); 'native' = the CPU
   # kernels of medunlearn_jax.ops (single-device XLA:CPU float32 only); 'auto' = 'native' exactly where it

@@ -11,6 +11,7 @@ import numbers
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 _TOW_KEYS = ('forget', 'retain', 'test')
 
@@ -95,3 +96,57 @@ def tow(model: Mapping[str, float] | Sequence[float],
   m = _tow_triplet(model, 'model')
   r = _tow_triplet(retrain, 'retrain')
   return float(np.prod([1.0 - abs(a - b) for a, b in zip(m, r)]))
+
+
+# The forget signal: how far the original is from the retrained model on the forget set. Every unlearning
+# gap lies between 0 and this distance, so when it is not clearly above zero no algorithm can be told apart
+# from doing nothing.
+SIGNAL_METRICS = ('accuracy', 'loss', 'mia_efficacy')
+# The signals that decide whether a run can rank algorithms (those that Avg. Gap is made of; the loss
+# differs between seen and unseen examples even where predictions agree).
+RANKING_SIGNALS = ('accuracy', 'mia_efficacy')
+
+
+def forget_signal(original: Mapping[str, np.ndarray], retrain: Mapping[str, np.ndarray], *, n_boot: int = 2000,
+                  seed: int = 0, ci: float = 0.95) -> dict[str, object]:
+  """Original minus retrain on the forget examples, signed so that memorisation is positive, with paired
+  percentile-bootstrap intervals over the examples (`scipy.stats.bootstrap`).
+
+  Args:
+    original, retrain: per forget example, row-aligned: 'correct' (0/1), 'loss' and 'non_member' (the
+      MIA-efficacy attacker's verdict, 1 = called non-member; NaN where it gave none).
+    n_boot, seed, ci: bootstrap replicates (0: no intervals), seed and coverage.
+
+  Returns:
+    {'accuracy': original − retrain accuracy, 'loss': retrain − original mean loss, 'mia_efficacy': retrain −
+     original MIA-efficacy; each {'value', 'ci_low', 'ci_high'}, the two 0/1 ones also 'p_value' (McNemar's
+     exact one-sided test of a positive difference); 'n': examples; 'clear': whether accuracy or
+     MIA-efficacy is above zero at level 1 − ci, i.e. whether this forget set can rank algorithms}.
+  """
+  differences = {
+      'accuracy': np.asarray(original['correct'], np.float64) - np.asarray(retrain['correct'], np.float64),
+      'loss': np.asarray(retrain['loss'], np.float64) - np.asarray(original['loss'], np.float64),
+      'mia_efficacy': (np.asarray(retrain['non_member'], np.float64)
+                       - np.asarray(original['non_member'], np.float64)),
+  }
+  out: dict[str, object] = {'n': int(len(differences['accuracy']))}
+  for k, (name, d) in enumerate(differences.items()):
+    d = d[np.isfinite(d)]
+    value = float(np.mean(d)) if d.size else math.nan
+    low = high = math.nan
+    if n_boot > 0 and d.size >= 2:
+      if np.ptp(d) == 0:  # Every example the same difference: every resample has that mean.
+        low = high = value
+      else:
+        interval = stats.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=ci, method='percentile',
+                                   random_state=np.random.default_rng(seed + k)).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    out[name] = {'value': value, 'ci_low': low, 'ci_high': high}
+    if name in RANKING_SIGNALS:
+      # Paired 0/1 outcomes: McNemar's exact test (a sign test on the discordant examples), which holds at
+      # any size, where a percentile bootstrap over 4 examples would call a constant difference certain.
+      ahead, behind = int(np.sum(d > 0)), int(np.sum(d < 0))
+      out[name]['p_value'] = (float(stats.binomtest(ahead, ahead + behind, 0.5, alternative='greater').pvalue)
+                              if ahead + behind else 1.0)
+  out['clear'] = any(out[m]['p_value'] < 1.0 - ci for m in RANKING_SIGNALS)
+  return out

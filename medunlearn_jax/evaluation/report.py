@@ -131,6 +131,34 @@ def markdown_table(results: Results) -> str:
   return '\n'.join(_table(header, rows))
 
 
+def forget_signal_text(results: Results) -> str:
+  """One line: the forget signal (original − retrain on the forget set) with its intervals, and whether the
+  run can rank algorithms; '' when the run has no original or no retrained model."""
+  signal = results.get('forget_signal')
+  if not signal:
+    return ''
+  ci = _fmt(_get(results, 'evaluation', 'ci'), 0, 100.0)
+
+  def part(name, label, scale, digits, unit):
+    s = signal[name]
+    return (f'{label} {_num(s["value"]) * scale:+.{digits}f} [{_fmt(s["ci_low"], digits, scale)}, '
+            f'{_fmt(s["ci_high"], digits, scale)}]{unit}')
+
+  text = (f'Forget signal, original − retrain on the {signal["n"]} forget examples ({ci} % bootstrap CI): '
+          + ', '.join([part('accuracy', 'accuracy', 100.0, 2, ' points'), part('loss', 'loss (retrain − original)',
+                                                                           1.0, 3, ''),
+                       part('mia_efficacy', 'MIA-efficacy (retrain − original)', 100.0, 2, ' points')]) + '. ')
+  tests = '; '.join(f'{m} p = {signal[m]["p_value"]:.2g}' for m in ('accuracy', 'mia_efficacy')
+                    if 'p_value' in signal[m])
+  text += f'McNemar exact test of a positive difference: {tests}. '
+  if signal['clear']:
+    return text + ('Above zero: the original memorised the forget set, so algorithms can be told apart from '
+                   'doing nothing.')
+  return text + ('**Not clearly above zero: the original hardly memorised this forget set, so this run cannot '
+                 'rank algorithms** (every gap to retrain lies between 0 and this signal; the original, which '
+                 'does nothing, is already close).')
+
+
 def accuracy_table(results: Results) -> str:
   """The accuracy family per split (%), one row per model and split."""
   header = ['model', 'split', 'n', 'accuracy', 'balanced acc.', 'macro-F1', 'ROC-AUC', 'loss']
@@ -217,7 +245,10 @@ def markdown_report(results: Results) -> str:
            'accuracy of a loss attacker, forget vs test (NeurIPS 2023 challenge kit; 50 = chance); forgetting '
            'quality (NeurIPS 2023 challenge, per-example ε) and U-LiRA accuracy (Hayes et al. 2024; 0.5 = '
            'unlearned and retrained models indistinguishable) come from populations of models, when run. '
-           'Time excludes compilation.', '', '## Accuracy family', '', accuracy_table(results)]
+           'Time excludes compilation.']
+  signal = forget_signal_text(results)
+  parts += ['', signal] if signal else []
+  parts += ['', '## Accuracy family', '', accuracy_table(results)]
   groups = subgroup_table(results)
   if groups:
     parts += ['', '## Subgroups', '', groups]

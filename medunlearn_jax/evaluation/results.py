@@ -283,6 +283,14 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
     entry['mia'], verdicts[name] = attack_verdicts(cache, seed=seed, n_seeds=attack_seeds)
     entries[name] = entry
 
+  signal = None
+  if ORIGINAL in caches and REFERENCE in caches:
+    def forget_rows(name):
+      rows = np.asarray(caches[name]['split']) == 'forget'
+      return {'correct': np.asarray(caches[name]['correct'])[rows], 'loss': np.asarray(caches[name]['loss'])[rows],
+              'non_member': verdicts[name]['mia_efficacy'][rows]}
+    signal = gaps.forget_signal(forget_rows(ORIGINAL), forget_rows(REFERENCE), n_boot=n_boot, seed=seed, ci=ci)
+
   reference = entries.get(REFERENCE)
   models: dict[str, Any] = {}
   for name, entry in entries.items():
@@ -308,6 +316,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
       'dataset': info.get('dataset'),
       'task': info.get('task', 'multi-label' if cache_lib.is_multilabel(first) else None),
       'models': models,
+      'forget_signal': signal,
       'config': info.get('config'),
       'populations': {k: v for k, v in populations.items() if k != 'models'} if populations else None,
       'evaluation': {

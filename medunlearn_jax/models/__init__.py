@@ -23,6 +23,7 @@ stock_layers = layers.stock_layers
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     'small_cnn': cnn.SmallCNN,
+    'plain_cnn': cnn.PlainCNN,
     'resnet18': resnet.resnet18,
 }
 
@@ -67,7 +68,7 @@ def blocks(params: Mapping[str, Any]) -> list[tuple[str, ...]]:
   """Top-level parameter names grouped into blocks, in forward order: stem, stages/blocks, head.
 
   Flax stores parameters in a dict sorted by name, so forward order is recovered from the naming scheme
-  of this package's models (`stem_*`, `stage{i}_block{j}` or `conv{i}`/`norm{i}`, `head`).
+  of this package's models (`stem_*`, `stage{i}_block{j}` or `conv{i}`/`norm{i}`/`fc{i}`, `head`).
   """
   groups: dict[tuple[int, int, int], list[str]] = {}
   for name in params:
