@@ -271,7 +271,9 @@ class RunProgress:
     left = [s for s in self.planned if s not in self.done]
     message = (f'run: {len(self.done)} of {len(self.planned)} stages done ({stage} last), '
                f'{_duration(time.perf_counter() - self.start)} so far')
-    if left and self.steps > 0:
+    if left and not any(self.planned[s] for s in left):
+      message += f'; set-up passes left for {", ".join(left)} (no optimizer steps), then the evaluation'
+    elif left and self.steps > 0:
       remaining = sum(self.planned[s] for s in left) * self.seconds / self.steps
       message += (f'; about {_duration(remaining)} left for {", ".join(left)} '
                   f'(ETA {time.strftime("%H:%M", time.localtime(time.time() + remaining))}), then the evaluation')

@@ -11,7 +11,11 @@ training images (100 % training accuracy) within 40 epochs.
 Command:
   MEDUNLEARN_DATA_DIR=../shared/data .venv/bin/python -m experiments.run \
       --config=experiments/configs/ham10000_memorise.py --workdir=runs/ham10000_memorise
-Runtime: see README (Studies); about 5 minutes per trained model on the 2-core CPU.
+Runtime, measured on the idle 2-core AMD EPYC VM (2026-12-06, algorithms finetune,neggrad_plus,ssd): 15 min
+in all, 5.5 min per trained model (original, retrain), 2 min of evaluation.
+Expected result: original 100 % training / 72.7 % test accuracy, retrain 72.4 % test; forget signal
++23 points of forget accuracy and +26 points of MIA-efficacy (95 % intervals well above zero). At their
+default hyper-parameters finetune, NegGrad+ and SSD forget nothing in this regime (UA 0.00).
 """
 from experiments.configs import default
 

@@ -31,8 +31,10 @@ import json
 import math
 import os
 import pathlib
+import time
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from medunlearn_jax import errors
@@ -272,7 +274,9 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
 
   entries: dict[str, dict[str, Any]] = {}
   verdicts: dict[str, dict[str, np.ndarray]] = {}
-  for name, cache in caches.items():
+  start = time.perf_counter()
+  for i, (name, cache) in enumerate(caches.items()):
+    _log_progress('metrics and attacks', name, i, len(caches), start)
     entry: dict[str, Any] = {}
     for split in EVAL_SPLITS:
       rows = cache_lib.rows(cache, split)
@@ -293,7 +297,10 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
 
   reference = entries.get(REFERENCE)
   models: dict[str, Any] = {}
-  for name, entry in entries.items():
+  start = time.perf_counter()
+  for i, (name, entry) in enumerate(entries.items()):
+    if keys:
+      _log_progress(f'subgroup slices ({n_boot} bootstrap replicates)', name, i, len(entries), start)
     if reference is not None:
       entry['gap_to_retrain'] = _gaps(entry, reference)
       complete = all(s in entry and s in reference for s in ('forget', 'retain', 'test'))
@@ -331,6 +338,13 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
           'class_names': list(info.get('class_names') or []),
       },
   }
+
+
+def _log_progress(what: str, name: str, index: int, total: int, start: float) -> None:
+  """One line per model of a long evaluation pass, with the time left at the pace so far."""
+  done = time.perf_counter() - start
+  eta = f', about {done / index * (total - index):.0f} s left' if index else ''
+  logging.info('evaluation, %s: %s (%d of %d)%s', what, name, index + 1, total, eta)
 
 
 def evaluate_workdir(workdir: str | os.PathLike, *, write: bool = True, n_boot: int | None = None,
