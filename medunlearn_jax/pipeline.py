@@ -706,7 +706,10 @@ def evaluate(exp: Experiment, trained: Mapping[str, Any], costs: Mapping[str, en
   c = exp.config
   info = {'dataset': exp.info.name, 'task': exp.info.task, 'num_classes': exp.info.num_classes,
           'class_names': list(exp.info.class_names),
+          'anchor': ({'test_accuracy': exp.info.anchor_accuracy, 'source': exp.info.anchor_source}
+                     if exp.info.anchor_accuracy is not None else None),
           'config': {'dataset': c.dataset.name, 'image_size': c.dataset.image_size, 'model': c.model.name,
+                     'epochs': c.train.epochs,
                      'dtype': c.model.dtype, 'kernels': exp.kernels, 'platform': jax.default_backend(),
                      'seed': c.seed, 'forget_count': len(exp.splits['forget']), 'devices': exp.mesh.size,
                      'attack_seeds': c.evaluation.attack_seeds, 'n_boot': c.evaluation.n_boot}}

@@ -23,11 +23,12 @@ import math
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from absl import logging
 import ml_collections
 import numpy as np
+from scipy import stats
 
 from medunlearn_jax import errors
 from medunlearn_jax import pipeline
@@ -181,6 +182,44 @@ def aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, 
                                          'values': v}
                                 for metric, v in metrics.items()}
                         for model, metrics in models.items()}
+    signal = out.setdefault('signal', {})[arm] = arm_signal(by_seed.values())
+    original_gaps = models.get('original', {}).get('avg_gap')
+    if original_gaps is not None:
+      out.setdefault('vs_original', {})[arm] = {
+          model: credit(np.asarray(original_gaps) - np.asarray(metrics['avg_gap']), can_rank=signal['can_rank'])
+          for model, metrics in models.items() if model not in ('original', 'retrain')}
+  return out
+
+
+def mean_interval(values: Sequence[float], ci: float = 0.95) -> dict[str, Any]:
+  """Mean over seeds with its Student-t interval (NaN bounds with fewer than two finite values)."""
+  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+  mean = float(v.mean()) if v.size else math.nan
+  if v.size < 2:
+    return {'mean': mean, 'ci_low': math.nan, 'ci_high': math.nan, 'n': int(v.size)}
+  half = float(stats.t.ppf((1 + ci) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+  return {'mean': mean, 'ci_low': mean - half, 'ci_high': mean + half, 'n': int(v.size)}
+
+
+def credit(improvement: Sequence[float], *, can_rank: bool, ci: float = 0.95) -> dict[str, Any]:
+  """How much an algorithm's Avg. Gap beats the do-nothing original's (original − algorithm, per seed),
+  with its interval over seeds; `credited` only where the whole interval is above zero and the arm's
+  forget sets were memorised (`can_rank`): without a forget signal, a smaller gap is not forgetting."""
+  out = mean_interval(improvement, ci)
+  out['credited'] = bool(can_rank and out['ci_low'] > 0)
+  return out
+
+
+def arm_signal(results: Iterable[Mapping[str, Any]], ci: float = 0.95) -> dict[str, Any]:
+  """An arm's forget signal over seeds (each run's original − retrain on its forget set, `gaps.forget_signal`):
+  per metric the mean with its interval over seeds, and how many runs found it clearly above zero."""
+  signals = [r['forget_signal'] for r in results if r.get('forget_signal')]
+  out: dict[str, Any] = {m: mean_interval([s[m]['value'] for s in signals], ci)
+                         for m in ('accuracy', 'loss', 'mia_efficacy')}
+  out['clear_runs'] = sum(bool(s['clear']) for s in signals)
+  out['runs'] = len(signals)
+  # Algorithms can be ranked in an arm only where every run's forget set was memorised.
+  out['can_rank'] = bool(signals) and out['clear_runs'] == len(signals)
   return out
 
 

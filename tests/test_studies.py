@@ -101,3 +101,33 @@ def test_list_runs_prints_one_command_per_arm_and_seed(tmp_path):
   assert [line.split()[-2:] for line in lines[1:]] == [['--arm=images_0.2', '--seed=3'],
                                                        ['--arm=images_0.05', '--seed=4'],
                                                        ['--arm=images_0.2', '--seed=4']]
+
+
+def _results(original_gap, algo_gap, signal_acc, clear):
+  signal = {'accuracy': {'value': signal_acc}, 'loss': {'value': 1.0}, 'mia_efficacy': {'value': signal_acc},
+            'clear': clear}
+  models = {name: {'avg_gap': gap, 'test': {'accuracy': 0.7}}
+            for name, gap in (('original', original_gap), ('retrain', 0.0), ('algo', algo_gap))}
+  return {'models': models, 'forget_signal': signal}
+
+
+def test_an_algorithm_is_credited_only_beyond_the_do_nothing_original_and_where_the_arm_can_rank():
+  from medunlearn_jax.evaluation import study_report  # pylint: disable=g-import-not-at-top
+  runs = {'memorised': {s: _results(og, ag, 0.2, True) for s, og, ag in
+                        ((0, 0.10, 0.020), (1, 0.12, 0.030), (2, 0.11, 0.025))},
+          'generalised': {s: _results(0.011, 0.010, 0.001, s != 1) for s in range(3)}}
+  summary = studies.aggregate(runs)
+  c = summary['vs_original']['memorised']['algo']
+  half = 4.302652729911275 * 0.005 / 3 ** 0.5  # t(0.975, 2) · sd / √3 of the improvements .08, .09, .085.
+  assert c['mean'] == pytest.approx(0.085) and c['ci_low'] == pytest.approx(0.085 - half) and c['credited']
+  assert summary['signal']['memorised']['can_rank'] and summary['signal']['memorised']['clear_runs'] == 3
+  assert summary['signal']['memorised']['accuracy']['mean'] == pytest.approx(0.2)
+  assert not summary['signal']['generalised']['can_rank']  # One seed's forget set was not memorised.
+  summary['kind'], summary['seeds'] = 'forget_size', [0, 1, 2]
+  markdown = study_report.markdown(summary)
+  assert ('| generalised | +0.10 [+0.10, +0.10] | +0.10 [+0.10, +0.10] | +1.000 [+1.000, +1.000] | 2 of 3 | '
+          '**no**: nothing to forget |') in markdown
+  assert f'| memorised | algo | +8.50 [{100 * (0.085 - half):+.2f}, {100 * (0.085 + half):+.2f}] | yes |' in markdown
+  # Better than the original in every seed, yet not credited: that arm has nothing to forget.
+  assert not summary['vs_original']['generalised']['algo']['credited']
+  assert '| generalised | algo | +0.10 [+0.10, +0.10] | no (no forget signal) |' in markdown

@@ -126,6 +126,9 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]
   task: str  # 'binary', 'multi-class', 'ordinal' or 'multi-label'
   class_names: tuple[str, ...] = ()
+  # A published test accuracy to hold an original model against (a sanity anchor), and where it is from.
+  anchor_accuracy: float | None = None
+  anchor_source: str = ''
 
 
 def records_to_split(name: str, records: Sequence[Mapping[str, np.ndarray]],

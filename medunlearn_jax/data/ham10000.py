@@ -46,6 +46,7 @@ import tensorflow_datasets as tfds
 from medunlearn_jax import errors
 from medunlearn_jax.data import builder_base
 from medunlearn_jax.data import dataset as ds_lib
+from medunlearn_jax.data import medmnist
 from medunlearn_jax.data import paths
 from medunlearn_jax.data import splits
 
@@ -312,8 +313,11 @@ def dataset_info(task: str, image_size: int, *, source: str = 'auto', raw_dir: s
     channels = SOURCES[resolve_source(source, resolve_raw(raw_dir), _version_dir(data_dir, config))][2]
   if task == 'binary':
     return ds_lib.DatasetInfo(f'{FAMILY}/{config}', 2, (size, size, channels), 'binary', BINARY_CLASSES)
+  # DermaMNIST holds these images (its own split) under the same 7 diagnoses.
   return ds_lib.DatasetInfo(f'{FAMILY}/{config}', len(DX_CLASSES), (size, size, channels), 'multi-class',
-                            DX_CLASSES)
+                            DX_CLASSES, anchor_accuracy=medmnist.PUBLISHED_RESNET18_28['dermamnist'],
+                            anchor_source=f'DermaMNIST, {medmnist.PUBLISHED_SOURCE} (the same HAM10000 images, '
+                            'another split)')
 
 
 def prepare(task: str, image_size: int, *, raw_dir: str | os.PathLike | None = None,

@@ -159,6 +159,18 @@ def forget_signal_text(results: Results) -> str:
                  'does nothing, is already close).')
 
 
+def anchor_text(results: Results) -> str:
+  """The original's test accuracy next to a published figure for the dataset (a sanity check of the
+  training recipe), with the model and epochs that produced it; '' when there is no published figure."""
+  anchor, original = results.get('anchor'), _get(results, 'models', results_lib.ORIGINAL, 'test', 'accuracy')
+  if not anchor or original is None:
+    return ''
+  config = results.get('config') or {}
+  return (f'Sanity anchor: the original\'s test accuracy {_fmt(original, 2, 100.0)} % ({config.get("model", "?")}, '
+          f'{_fmt(config.get("epochs"), 0)} epochs) against {_fmt(anchor["test_accuracy"], 1, 100.0)} % published '
+          f'({anchor["source"]}).')
+
+
 def accuracy_table(results: Results) -> str:
   """The accuracy family per split (%), one row per model and split."""
   header = ['model', 'split', 'n', 'accuracy', 'balanced acc.', 'macro-F1', 'ROC-AUC', 'loss']
@@ -248,6 +260,8 @@ def markdown_report(results: Results) -> str:
            'Time excludes compilation.']
   signal = forget_signal_text(results)
   parts += ['', signal] if signal else []
+  anchor = anchor_text(results)
+  parts += ['', anchor] if anchor else []
   parts += ['', '## Accuracy family', '', accuracy_table(results)]
   groups = subgroup_table(results)
   if groups:

@@ -324,6 +324,7 @@ def evaluate_caches(caches: Mapping[str, Cache], costs: Mapping[str, Mapping[str
       'task': info.get('task', 'multi-label' if cache_lib.is_multilabel(first) else None),
       'models': models,
       'forget_signal': signal,
+      'anchor': info.get('anchor'),
       'config': info.get('config'),
       'populations': {k: v for k, v in populations.items() if k != 'models'} if populations else None,
       'evaluation': {

@@ -32,6 +32,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
       cells = [_pm(metrics[m], 1.0 if m == 'seconds' else 100.0) for m in TABLE_METRICS]
       lines.append('| ' + ' | '.join([arm, model] + cells) + ' |')
   text = [f'# Study: {summary.get("kind")} (seeds {summary.get("seeds")})', '', *lines]
+  text += signal_section(summary)
   if 'sex_gap' in summary:
     text += ['', '## Forget-accuracy gap to retrain by sex arm, in points (bootstrap 95 % CI over forget '
              'examples)', '', '| model | F gap | M gap | F − M | differs? |', '|---|---|---|---|---|']
@@ -44,6 +45,39 @@ def markdown(summary: Mapping[str, Any]) -> str:
                   f'{100 * d["value"]:+.2f} [{100 * d["ci95"][0]:+.2f}, {100 * d["ci95"][1]:+.2f}] | '
                   f'{"yes" if d["differs"] else "no"} |')
   return '\n'.join(text) + '\n'
+
+
+def _interval(stat: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
+  if stat.get('mean') is None or math.isnan(stat['mean']):
+    return '–'
+  if math.isnan(stat.get('ci_low', math.nan)):
+    return f'{stat["mean"] * scale:+.{digits}f}'
+  return (f'{stat["mean"] * scale:+.{digits}f} [{stat["ci_low"] * scale:+.{digits}f}, '
+          f'{stat["ci_high"] * scale:+.{digits}f}]')
+
+
+def signal_section(summary: Mapping[str, Any]) -> list[str]:
+  """The forget signal of each arm and, where it lets algorithms be ranked, which beat doing nothing."""
+  signal, vs_original = summary.get('signal') or {}, summary.get('vs_original') or {}
+  if not signal:
+    return []
+  out = ['', '## Forget signal per arm (original − retrain on the forget set; mean over seeds, 95 % t-interval)',
+         '', '| arm | accuracy (points) | MIA-efficacy (points) | loss | runs clearly above zero | ranks algorithms? |',
+         '|---|---|---|---|---|---|']
+  for arm, s in signal.items():
+    out.append(f'| {arm} | {_interval(s["accuracy"])} | {_interval(s["mia_efficacy"])} | '
+               f'{_interval(s["loss"], 1.0, 3)} | {s["clear_runs"]} of {s["runs"]} | '
+               f'{"yes" if s["can_rank"] else "**no**: nothing to forget"} |')
+  if vs_original:
+    out += ['', '## Better than doing nothing? Avg. Gap of the original minus the algorithm\'s (points; mean '
+            'over seeds, 95 % t-interval); credited only where the interval is above zero and the arm can rank',
+            '', '| arm | model | improvement | credited |', '|---|---|---|---|']
+    for arm, models in vs_original.items():
+      can_rank = (signal.get(arm) or {}).get('can_rank', False)
+      for model, c in models.items():
+        verdict = ('yes' if c['credited'] else 'no') if can_rank else 'no (no forget signal)'
+        out.append(f'| {arm} | {model} | {_interval(c)} | {verdict} |')
+  return out
 
 
 def _size_of(arm: str) -> tuple[str, float] | None:
