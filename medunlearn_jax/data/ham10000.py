@@ -316,8 +316,8 @@ def dataset_info(task: str, image_size: int, *, source: str = 'auto', raw_dir: s
   # DermaMNIST holds these images (its own split) under the same 7 diagnoses.
   return ds_lib.DatasetInfo(f'{FAMILY}/{config}', len(DX_CLASSES), (size, size, channels), 'multi-class',
                             DX_CLASSES, anchor_accuracy=medmnist.PUBLISHED_RESNET18_28['dermamnist'],
-                            anchor_source=f'DermaMNIST, {medmnist.PUBLISHED_SOURCE} (the same HAM10000 images, '
-                            'another split)')
+                            anchor_source=f'DermaMNIST, {medmnist.PUBLISHED_SOURCE}; the same HAM10000 images, '
+                            'another split')
 
 
 def prepare(task: str, image_size: int, *, raw_dir: str | os.PathLike | None = None,
