@@ -123,7 +123,7 @@ def plot(summary: Mapping[str, Any], path: pathlib.Path) -> None:
       ax.set_ylabel(UNITS[metric])
       ax.set_title(metric)
       ax.grid(alpha=0.3, axis='y')
-  axes[0].legend(fontsize=7)
+  axes[0].legend(fontsize=7, loc='upper right')  # 'best' searches every point: slow, and warns.
   fig.suptitle(f'Study: {summary.get("kind")} — mean ± std over seeds {summary.get("seeds")}')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
