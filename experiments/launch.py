@@ -97,6 +97,9 @@ def config_help(path: str) -> str:
            'flags: --config=FILE (required) --workdir=DIR (required) [--cpu_devices=N] [--coordinator_address=HOST:PORT'
            ' --num_processes=N --process_id=I] [--verbosity=1]', '',
            f'config keys of {path} (override with --config.<key>=value; lists as (a,b,...)):']
+  own = flags.FLAGS.get_flags_for_module(sys.modules['__main__'])  # A launcher's own flags (the study's).
+  if own:
+    lines[2:2] = ['flags of this launcher:'] + [f'  --{f.name}: {f.help}' for f in own] + ['']
   # The experiment's own keys first, then the (long) per-algorithm hyper-parameters.
   for key, value in sorted(flatten(config).items(), key=lambda kv: kv[0].startswith('algo.')):
     doc = docs.get(key) or docs.get(key.split('.')[0], '')

@@ -98,6 +98,9 @@ def test_list_runs_prints_one_command_per_arm_and_seed(tmp_path):
   assert len(lines) == 4 and not (tmp_path / 'images_0.05').exists()  # Listing runs nothing.
   assert lines[0].endswith("--config.study.fractions=(0.05,0.2)' '--config.study.seeds=(3,4)' --arm=images_0.05 "
                            '--seed=3') and '--list_runs' not in lines[0]
+  help_text = subprocess.run([sys.executable, '-m', 'experiments.study', '--help'], cwd=root, capture_output=True,
+                             text=True, timeout=120).stdout
+  assert '  --list_runs: Print one command per (arm, seed) and exit.' in help_text  # The launcher's own flags.
   assert [line.split()[-2:] for line in lines[1:]] == [['--arm=images_0.2', '--seed=3'],
                                                        ['--arm=images_0.05', '--seed=4'],
                                                        ['--arm=images_0.2', '--seed=4']]
