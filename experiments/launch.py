@@ -146,12 +146,13 @@ class QuietTracebacks:
     logging.get_absl_handler().python_handler.setFormatter(formatter)
 
 
-def save_traceback(error: BaseException, workdir: str, captured: list[str]) -> str | None:
-  """Appends the failure's traceback (and any collected from background threads) to the run log of
-  `workdir` when it has one, else to a file in the temp folder; returns where, or None if nothing could be
-  written (a full disk can refuse both)."""
-  text = (f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} failure (process {os.getpid()})\n'
-          + ''.join(traceback.format_exception(error)) + ''.join(captured))
+def save_traceback(error: BaseException | None, workdir: str, captured: list[str]) -> str | None:
+  """Appends the failure's traceback (if any) and those collected from background threads to the run log
+  of `workdir` when it has one, else to a file in the temp folder; returns where, or None if nothing could
+  be written (a full disk can refuse both)."""
+  text = (f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {"failure" if error else "background errors"} '
+          f'(process {os.getpid()})\n' + (''.join(traceback.format_exception(error)) if error else '')
+          + ''.join(captured))
   run_log = pathlib.Path(workdir) / pipeline.RUN_LOG
   candidates = ([run_log] if run_log.is_file() else []) + [
       pathlib.Path(tempfile.gettempdir()) / f'medunlearn-traceback-{os.getpid()}.txt']
@@ -209,6 +210,9 @@ def run(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
     try:
       with contextlib.nullcontext() if verbose else quiet:
         job(config, _WORKDIR.value)
+      if quiet.captured:  # Errors of background threads that the job survived: kept, and said.
+        where = save_traceback(None, _WORKDIR.value, quiet.captured)
+        logging.warning('%d background error(s) during the run; tracebacks in %s', len(quiet.captured), where)
     except errors.UserError as e:
       fail('', e)
     except Exception as e:  # pylint: disable=broad-except  # Bugs are re-raised with their traceback.

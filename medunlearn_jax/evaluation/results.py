@@ -129,13 +129,12 @@ def files_not_in_results(workdir: str | os.PathLike, models: Sequence[str]) -> d
   reported, so that nobody mistakes them for part of the results."""
   workdir = pathlib.Path(workdir)
   out: dict[str, list[str]] = {}
-  for path in sorted((workdir / OUTPUTS_DIR).glob('*.npz')):
-    if _OWNER.get(path.stem, path.stem) not in models:
-      out.setdefault(_OWNER.get(path.stem, path.stem), []).append(str(path.relative_to(workdir)))
   checkpoints = workdir / 'checkpoints'
-  for path in sorted(checkpoints.iterdir()) if checkpoints.is_dir() else []:
-    if path.is_dir() and _OWNER.get(path.name, path.name) not in models:
-      out.setdefault(_OWNER.get(path.name, path.name), []).append(str(path.relative_to(workdir)))
+  stages = [p for p in sorted(checkpoints.iterdir()) if p.is_dir()] if checkpoints.is_dir() else []
+  for path in sorted((workdir / OUTPUTS_DIR).glob('*.npz')) + stages:
+    owner = _OWNER.get(path.name.removesuffix('.npz'), path.name.removesuffix('.npz'))
+    if owner not in models:
+      out.setdefault(owner, []).append(str(path.relative_to(workdir)))
   return out
 
 
